@@ -29,6 +29,7 @@ from torch import nn
 
 from .preprocess import INTERPOLATIONS, Preprocess
 
+
 class BackboneError(Exception):
     """Base class for backbone construction errors."""
 
@@ -211,7 +212,9 @@ def _lite_state_dict(variant: int, model: nn.Module) -> dict[str, torch.Tensor]:
     out = {}
     for (sk, sv), dk in zip(src, dst, strict=True):
         if tuple(sv.shape) != tuple(target[dk].shape):
-            raise BackboneError(f"lite{variant}: {sk} {tuple(sv.shape)} does not fit {dk} {tuple(target[dk].shape)}")
+            raise BackboneError(
+                f"lite{variant}: {sk} {tuple(sv.shape)} does not fit {dk} {tuple(target[dk].shape)}"
+            )
         out[dk] = sv.contiguous()
     return out
 
@@ -225,7 +228,9 @@ def _make_lite(variant: int) -> BackboneFactory:
             missing, unexpected = model.load_state_dict(_lite_state_dict(variant, model), strict=False)
             missing = [k for k in missing if not k.endswith("num_batches_tracked")]
             if missing or unexpected:
-                raise BackboneError(f"lite{variant}: weights do not fit (missing {missing}, unexpected {unexpected})")
+                raise BackboneError(
+                    f"lite{variant}: weights do not fit (missing {missing}, unexpected {unexpected})"
+                )
         cfg = dict(model.pretrained_cfg)
         cfg["mean"] = cfg["std"] = (0.5, 0.5, 0.5)
         return _timm_wrap(f"lite{variant}", model, classifier, _timm_preprocess(cfg))
@@ -253,7 +258,11 @@ def _timm_cached_file(cfg: dict) -> str | None:
     if hub_id:
         from huggingface_hub import try_to_load_from_cache
 
-        names = [cfg["hf_hub_filename"]] if cfg.get("hf_hub_filename") else ["model.safetensors", "pytorch_model.bin"]
+        names = (
+            [cfg["hf_hub_filename"]]
+            if cfg.get("hf_hub_filename")
+            else ["model.safetensors", "pytorch_model.bin"]
+        )
         for fname in names:
             hit = try_to_load_from_cache(hub_id, fname)
             if isinstance(hit, str) and os.path.isfile(hit):
@@ -319,14 +328,23 @@ def _torchvision_backbone(name: str, pretrained: bool, classifier: bool) -> Back
         std=tuple(float(v) for v in tf.std),
         interpolation=str(tf.interpolation.value).lower() if hasattr(tf, "interpolation") else "bilinear",
     )
-    if hasattr(model, "features") and hasattr(model, "classifier"):  # mobilenet, efficientnet, convnext, vgg...
+    if hasattr(model, "features") and hasattr(
+        model, "classifier"
+    ):  # mobilenet, efficientnet, convnext, vgg...
         body: nn.Module = model.features
         pool_head = nn.Sequential(
             getattr(model, "avgpool", nn.AdaptiveAvgPool2d(1)), nn.Flatten(1), model.classifier
         )
     elif hasattr(model, "layer4") and hasattr(model, "fc"):  # resnet, resnext, wide_resnet
         body = nn.Sequential(
-            model.conv1, model.bn1, model.relu, model.maxpool, model.layer1, model.layer2, model.layer3, model.layer4
+            model.conv1,
+            model.bn1,
+            model.relu,
+            model.maxpool,
+            model.layer1,
+            model.layer2,
+            model.layer3,
+            model.layer4,
         )
         pool_head = nn.Sequential(model.avgpool, nn.Flatten(1), model.fc)
     else:

@@ -33,7 +33,12 @@ def default_num_workers() -> int:
 class ImageFileDataset(Dataset):
     """Loads and preprocesses image files; a bad file yields an error message instead of raising."""
 
-    def __init__(self, paths: Sequence[str | os.PathLike], preprocess: Preprocess, bboxes: Sequence[BBox | None] | None = None):
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike],
+        preprocess: Preprocess,
+        bboxes: Sequence[BBox | None] | None = None,
+    ):
         self.paths = [str(p) for p in paths]
         self.bboxes = list(bboxes) if bboxes is not None else [None] * len(self.paths)
         if len(self.bboxes) != len(self.paths):
@@ -161,7 +166,9 @@ def embed_manifest(
     return res, rows
 
 
-def embed_arrays(model: EmbeddingModel, images: Sequence[np.ndarray], *, channels_last: bool = True) -> np.ndarray:
+def embed_arrays(
+    model: EmbeddingModel, images: Sequence[np.ndarray], *, channels_last: bool = True
+) -> np.ndarray:
     """Embed in-memory RGB uint8 arrays (camera crops) as one batch -> ``N x D``."""
     if not images:
         return np.zeros((0, model.embedding_dim), np.float32)
@@ -169,7 +176,9 @@ def embed_arrays(model: EmbeddingModel, images: Sequence[np.ndarray], *, channel
     return forward_batch(model, batch, channels_last=channels_last)
 
 
-def describe_failures(failures: list[tuple[int, str]], rows: Sequence[ManifestRow] | None = None, limit: int = 20) -> str:
+def describe_failures(
+    failures: list[tuple[int, str]], rows: Sequence[ManifestRow] | None = None, limit: int = 20
+) -> str:
     """Human-readable list of skipped images, with manifest line numbers when rows are given."""
     out = [f"{len(failures)} image(s) skipped:"]
     for i, msg in failures[:limit]:
@@ -178,4 +187,3 @@ def describe_failures(failures: list[tuple[int, str]], rows: Sequence[ManifestRo
     if len(failures) > limit:
         out.append(f"  ... and {len(failures) - limit} more")
     return "\n".join(out)
-

@@ -133,9 +133,7 @@ def check_relative_path(path: str, *, allow_outside_root: bool = False) -> str:
     return norm
 
 
-def validate_row(
-    line: int, record: dict[str, str], *, allow_outside_root: bool = False
-) -> ManifestRow:
+def validate_row(line: int, record: dict[str, str], *, allow_outside_root: bool = False) -> ManifestRow:
     """Validate one CSV record (column -> raw string). Raises ValueError with the reason."""
     path = check_relative_path((record.get("path") or "").strip(), allow_outside_root=allow_outside_root)
     item_id = (record.get("item_id") or "").strip()
@@ -167,14 +165,20 @@ def _decode(raw: bytes, source: str) -> str:
 
 
 def parse_manifest_text(
-    text: str, *, source: str = "<manifest>", data_root: str | os.PathLike = ".", allow_outside_root: bool = False
+    text: str,
+    *,
+    source: str = "<manifest>",
+    data_root: str | os.PathLike = ".",
+    allow_outside_root: bool = False,
 ) -> Manifest:
     """Parse manifest CSV text. Bad rows go to ``Manifest.errors``; a bad header raises ManifestError."""
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = next(reader)
     except StopIteration:
-        raise ManifestError(f"{source}: empty file, expected a header with {', '.join(REQUIRED_COLUMNS)}") from None
+        raise ManifestError(
+            f"{source}: empty file, expected a header with {', '.join(REQUIRED_COLUMNS)}"
+        ) from None
     except csv.Error as e:
         raise ManifestError(f"{source}: line 1: {e}") from None
     header = [h.strip() for h in header]
@@ -207,13 +211,17 @@ def parse_manifest_text(
             errors.append(RowError(line, f"has {len(fields)} fields, the header has {len(header)}"))
             continue
         try:
-            row = validate_row(line, dict(zip(header, fields, strict=True)), allow_outside_root=allow_outside_root)
+            row = validate_row(
+                line, dict(zip(header, fields, strict=True)), allow_outside_root=allow_outside_root
+            )
         except ValueError as e:
             errors.append(RowError(line, str(e)))
             continue
         key = (row.path, row.item_id, row.bbox)
         if key in seen:
-            errors.append(RowError(line, f"duplicate of line {seen[key]} ({row.path!r}, item {row.item_id!r})"))
+            errors.append(
+                RowError(line, f"duplicate of line {seen[key]} ({row.path!r}, item {row.item_id!r})")
+            )
             continue
         seen[key] = line
         rows.append(row)
@@ -246,7 +254,9 @@ def load_manifest(
     return m
 
 
-def write_manifest(path: str | os.PathLike, rows: Iterable[ManifestRow | dict], columns: Sequence[str] | None = None) -> int:
+def write_manifest(
+    path: str | os.PathLike, rows: Iterable[ManifestRow | dict], columns: Sequence[str] | None = None
+) -> int:
     """Write rows (ManifestRow or dicts of column -> value) as a manifest CSV; returns the row count.
 
     Written to a temp file and renamed, so a reader never sees half a manifest.

@@ -125,7 +125,7 @@ class EmbeddingModel(nn.Module):
         for name, t in sorted(self.state_dict().items()):
             t = t.detach().cpu().contiguous()
             h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         return h.hexdigest()
 
     def describe(self) -> dict[str, Any]:
@@ -188,7 +188,9 @@ def _fsync_replace(tmp: Path, dst: Path) -> None:
         os.close(dir_fd)
 
 
-def build_model(config: dict[str, Any] | None = None, *, backbone: str = "lite0", pretrained: bool = True) -> EmbeddingModel:
+def build_model(
+    config: dict[str, Any] | None = None, *, backbone: str = "lite0", pretrained: bool = True
+) -> EmbeddingModel:
     """Build a model from a config ``{backbone, pooling, head, input_size}`` (backbone pretrained by default)."""
     config = dict(config or {})
     name = config.pop("backbone", backbone)

@@ -40,7 +40,9 @@ class Preprocess:
         if self.input_size < 16:
             raise ValueError(f"input_size {self.input_size} is too small (>= 16)")
         if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
+            raise ValueError(
+                f"interpolation {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}"
+            )
         if self.resize not in RESIZE_MODES:
             raise ValueError(f"resize {self.resize!r} is not one of {', '.join(RESIZE_MODES)}")
 

@@ -102,7 +102,9 @@ def render_item(item_index: int, seed: int = 0, size: int = 256) -> np.ndarray:
         thick = int(rng.uniform(0.03, 0.15) * h)
         ang = rng.uniform(-0.4, 0.4)
         c = _rand_color(rng)
-        pts = np.array([[0, y], [w, y + int(w * ang)], [w, y + int(w * ang) + thick], [0, y + thick]], np.int32)
+        pts = np.array(
+            [[0, y], [w, y + int(w * ang)], [w, y + int(w * ang) + thick], [0, y + thick]], np.int32
+        )
         cv2.fillPoly(canvas, [pts], c)
     for _ in range(int(rng.integers(1, 5))):  # shapes
         kind = rng.integers(3)
@@ -147,7 +149,9 @@ def render_item(item_index: int, seed: int = 0, size: int = 256) -> np.ndarray:
         x = np.linspace(-1, 1, w, dtype=np.float32)
         shade = (0.75 + 0.25 * np.sqrt(np.clip(1 - x**2, 0, 1)))[None, :, None]
         canvas = np.clip(canvas * shade, 0, 255).astype(np.uint8)
-    cv2.polylines(canvas, cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0], True, (40, 40, 40), 2)
+    cv2.polylines(
+        canvas, cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0], True, (40, 40, 40), 2
+    )
     rgba = np.dstack([canvas, mask])
     out = np.zeros((size, size, 4), np.uint8)
     x0 = (size - w) // 2
@@ -183,7 +187,12 @@ def random_background(rng: np.random.Generator, backgrounds: Sequence[np.ndarray
 
 
 def wild_photo(
-    rgba: np.ndarray, rng: np.random.Generator, backgrounds: Sequence[np.ndarray], size: int = 224, *, hard: float = 1.0
+    rgba: np.ndarray,
+    rng: np.random.Generator,
+    backgrounds: Sequence[np.ndarray],
+    size: int = 224,
+    *,
+    hard: float = 1.0,
 ) -> np.ndarray:
     """An "in the wild" photo of an item: warped, lit, shadowed, occluded and blurred on a real background.
 
@@ -232,8 +241,21 @@ def wild_photo(
             ox = int(rng.choice([x0 - ow // 3, x1 - 2 * ow // 3]))
             oy = int(rng.uniform(y0, max(y0 + 1, y1 - oh)))
             occ = np.zeros((size, size), np.uint8)
-            cv2.ellipse(occ, (ox + ow // 2, oy + oh // 2), (max(1, ow // 2), max(1, oh // 2)), rng.uniform(0, 180), 0, 360, 255, -1)
-            filler = random_background(rng, backgrounds, size) if rng.random() < 0.5 else np.full_like(img, _rand_color(rng))
+            cv2.ellipse(
+                occ,
+                (ox + ow // 2, oy + oh // 2),
+                (max(1, ow // 2), max(1, oh // 2)),
+                rng.uniform(0, 180),
+                0,
+                360,
+                255,
+                -1,
+            )
+            filler = (
+                random_background(rng, backgrounds, size)
+                if rng.random() < 0.5
+                else np.full_like(img, _rand_color(rng))
+            )
             img = np.where(occ[:, :, None] > 0, filler, img)
     if hard > 0:
         sigma = rng.uniform(0, 1.8) * hard
@@ -283,7 +305,9 @@ def generate_catalog(
             img = wild_photo(rgba, rng, bgs, size)
             quality = int(rng.integers(70, 96))
             path = f"wild/{item}_{k:02d}.jpg"
-            cv2.imwrite(str(out / path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+            cv2.imwrite(
+                str(out / path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality]
+            )
             rows.append(ManifestRow(0, path, item, split, "query"))
     manifest = out / "manifest.csv"
     write_manifest(manifest, rows, columns=("path", "item_id", "split", "role"))
