@@ -1,0 +1,962 @@
+"""The item gallery: what the recognizer knows, enrolled without retraining.
+
+A gallery is a folder:
+
+* ``gallery.sqlite``: per-vector metadata (item id, source path, content hash, time
+  added), the item table (id, display name, attributes), and ``meta`` (the embedding
+  model's description and fingerprint, the open-set threshold, and which index file is
+  current). Every change is one SQLite transaction.
+* ``vectors.<generation>.faiss``: the embeddings, a FAISS ``IndexIDMap2(IndexFlatIP)``
+  whose ids are the ``vectors.vid`` primary keys.
+* ``gallery.lock``: taken by writers (``fcntl.flock``), so two enrollers never interleave.
+
+Commit protocol (crash-safe at every instant): the new index is written to a temp file,
+fsynced and renamed to ``vectors.<g+1>.faiss``; then one SQLite transaction inserts the
+metadata and switches ``meta.index_file`` to it; only then is the old file deleted. A
+crash before the switch leaves the previous generation current (the orphan file is
+removed by the next writer); a crash after it leaves the new one. Readers see one
+generation or the other, never a mix.
+
+Search works on an in-memory copy sorted by item, so each item's vectors are one
+contiguous block. The CPU copy is the source of truth; GPU FAISS (which ignores
+IDSelectors and cannot remove ids) is only used for brute-force scoring of that copy.
+
+* Full search, small galleries: exact inner products, item score = max over its block.
+* Full search, large galleries (``ann_threshold`` vectors and up): an IVF index whose
+  ``nprobe`` is tuned at build time until recall@10 against exact search is >= 0.99.
+* Candidate-constrained search: only the candidates' blocks are scored, a few small
+  matrix products, never a scan of the index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import math
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT_VERSION = 1
+DB_FILE = "gallery.sqlite"
+LOCK_FILE = "gallery.lock"
+INDEX_PREFIX = "vectors."
+ANN_PREFIX = "ann."
+SCORE_MODES = ("max", "mean_topn", "prototype")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    item_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    attributes TEXT NOT NULL DEFAULT '{}',
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS vectors (
+    vid INTEGER PRIMARY KEY,
+    item_id TEXT NOT NULL REFERENCES items(item_id),
+    path TEXT NOT NULL,
+    sha256 TEXT NOT NULL UNIQUE,
+    added REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS vectors_item ON vectors(item_id);
+"""
+
+
+class GalleryError(Exception):
+    """Base class for gallery errors."""
+
+
+class GalleryNotFoundError(GalleryError):
+    """No gallery at that folder."""
+
+
+class GalleryModelMismatchError(GalleryError):
+    """Embeddings from a different model than the one the gallery was built with."""
+
+
+class GalleryLockedError(GalleryError):
+    """Another process holds the writer lock."""
+
+
+class GalleryCorruptError(GalleryError):
+    """The files disagree (index vs. metadata) or cannot be read."""
+
+
+class UnknownItemError(GalleryError, KeyError):
+    """An item id (e.g. a candidate) that the gallery does not hold."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class Match:
+    """One query's answer. ``item_id`` is the best-scoring item; ``accepted`` says whether to trust it.
+
+    ``margin`` is the score gap to the second-best item (``inf`` when only one item was compared).
+    """
+
+    item_id: str | None
+    score: float
+    margin: float
+    accepted: bool
+    topk: tuple[tuple[str, float], ...]
+
+    @property
+    def label(self) -> str:
+        """The item id when accepted, else ``"unknown"``."""
+        return self.item_id if self.accepted and self.item_id is not None else "unknown"
+
+
+@dataclass
+class AddResult:
+    """What one :meth:`Gallery.add` committed and what it skipped."""
+
+    added: int = 0
+    new_items: list[str] = field(default_factory=list)
+    duplicates: list[tuple[str, str]] = field(default_factory=list)  # (path, item already holding it)
+
+
+@dataclass(frozen=True)
+class ItemInfo:
+    item_id: str
+    name: str
+    attributes: dict[str, Any]
+    vectors: int
+
+
+# --------------------------------------------------------------------------- numpy helpers
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """L2-normalise rows as float32 (zero rows stay zero)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(n, 1e-12)
+
+
+def block_scores(
+    sims: np.ndarray, starts: np.ndarray, counts: np.ndarray, mode: str = "max", top_n: int = 3
+) -> np.ndarray:
+    """Item scores from vector scores laid out in contiguous item blocks (``Q x N`` -> ``Q x I``)."""
+    if sims.shape[1] == 0:
+        return np.zeros((sims.shape[0], 0), np.float32)
+    if mode == "max":
+        return np.maximum.reduceat(sims, starts, axis=1)
+    if mode == "mean_topn":
+        out = np.empty((sims.shape[0], len(starts)), np.float32)
+        for j, (s, c) in enumerate(zip(starts, counts, strict=True)):
+            blk = sims[:, s : s + c]
+            n = min(top_n, c)
+            out[:, j] = (np.partition(blk, c - n, axis=1)[:, c - n :] if n < c else blk).mean(axis=1)
+        return out
+    raise ValueError(f"score mode {mode!r} is not one of {', '.join(SCORE_MODES)}")
+
+
+def decide(items: Sequence[str], scores: np.ndarray, k: int, threshold: float, margin: float) -> list[Match]:
+    """Turn a ``Q x I`` item-score matrix into matches with the open-set decision."""
+    out = []
+    n = scores.shape[1]
+    kk = min(max(k, 2), n)
+    for row in scores:
+        if n == 0:
+            out.append(Match(None, float("nan"), float("nan"), False, ()))
+            continue
+        top = np.argpartition(-row, kk - 1)[:kk] if kk < n else np.arange(n)
+        top = top[np.argsort(-row[top], kind="stable")]
+        best = float(row[top[0]])
+        gap = best - float(row[top[1]]) if len(top) > 1 else math.inf
+        out.append(
+            Match(
+                items[top[0]],
+                best,
+                gap,
+                bool(best >= threshold and gap >= margin),
+                tuple((items[i], float(row[i])) for i in top[:k]),
+            )
+        )
+    return out
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Content hash of a file (identical images are enrolled once)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+def _fsync_replace(tmp: Path, dst: Path) -> None:
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, dst)
+    fd = os.open(dst.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------------------- gallery
+
+
+class Gallery:
+    """A folder of enrolled items; see the module docstring for layout and guarantees.
+
+    Create with :meth:`create`, open with :meth:`open`. Mutations (:meth:`add`,
+    :meth:`remove_item`, :meth:`set_item`, :meth:`set_threshold`) take the writer lock and
+    commit atomically; searches read the in-memory copy, which :meth:`refresh` updates.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        ann_threshold: int = 50_000,
+        use_gpu: bool | None = None,
+        lock_timeout: float = 10.0,
+    ):
+        self.root = root
+        self.ann_threshold = ann_threshold
+        self.use_gpu = use_gpu
+        self.lock_timeout = lock_timeout
+        self._ann = None  # (generation, faiss index, nprobe, measured recall)
+        self._gpu_res = None
+        self._load()
+
+    # ------------------------------------------------------------------ create / open
+
+    @classmethod
+    def create(
+        cls,
+        root: str | os.PathLike,
+        model_description: dict[str, Any],
+        *,
+        model_spec: str = "",
+        threshold: float = 0.0,
+        margin: float = 0.0,
+        score_mode: str = "max",
+        top_n: int = 3,
+        **kwargs: Any,
+    ) -> Gallery:
+        """Create an empty gallery for embeddings of the model described by ``model_description``.
+
+        ``model_description`` is :meth:`EmbeddingModel.describe` (it holds the fingerprint and
+        preprocessing); ``model_spec`` is how to load that model again (``lite0`` or a folder).
+        """
+        import faiss
+
+        root = Path(root)
+        if (root / DB_FILE).exists():
+            raise GalleryError(f"{root}: a gallery already exists here")
+        if score_mode not in SCORE_MODES:
+            raise ValueError(f"score_mode {score_mode!r} is not one of {', '.join(SCORE_MODES)}")
+        for key in ("fingerprint", "embedding_dim", "preprocess"):
+            if key not in model_description:
+                raise ValueError(f"model_description lacks {key!r} (pass EmbeddingModel.describe())")
+        root.mkdir(parents=True, exist_ok=True)
+        dim = int(model_description["embedding_dim"])
+        with _flock(root / LOCK_FILE, 0.0):
+            index_name = f"{INDEX_PREFIX}1.faiss"
+            _write_index(faiss.IndexIDMap2(faiss.IndexFlatIP(dim)), root / index_name)
+            tmp_db = root / (DB_FILE + ".tmp")
+            tmp_db.unlink(missing_ok=True)
+            conn = sqlite3.connect(tmp_db)
+            try:
+                conn.executescript(_SCHEMA)
+                meta = {
+                    "format_version": FORMAT_VERSION,
+                    "model_fingerprint": model_description["fingerprint"],
+                    "model_description": json.dumps(model_description, sort_keys=True),
+                    "model_spec": model_spec,
+                    "embedding_dim": dim,
+                    "generation": 1,
+                    "index_file": index_name,
+                    "threshold": float(threshold),
+                    "margin": float(margin),
+                    "score_mode": score_mode,
+                    "top_n": int(top_n),
+                    "created": time.time(),
+                }
+                conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in meta.items()])
+                conn.commit()
+            finally:
+                conn.close()
+            _fsync_replace(tmp_db, root / DB_FILE)  # the gallery exists only once complete
+        return cls(root, **kwargs)
+
+    @classmethod
+    def open(
+        cls, root: str | os.PathLike, *, expected_fingerprint: str | None = None, **kwargs: Any
+    ) -> Gallery:
+        """Open a gallery; with ``expected_fingerprint``, refuse one built with another model."""
+        root = Path(root)
+        if not (root / DB_FILE).is_file():
+            raise GalleryNotFoundError(
+                f"{root}: no gallery here (expected {DB_FILE}); create one with tools/enroll.py"
+            )
+        g = cls(root, **kwargs)
+        if expected_fingerprint is not None:
+            g.check_model(expected_fingerprint)
+        return g
+
+    def check_model(self, fingerprint: str, what: str = "this model") -> None:
+        """Raise :class:`GalleryModelMismatchError` unless ``fingerprint`` is the gallery's model."""
+        if fingerprint != self.fingerprint:
+            d = self.model_description
+            raise GalleryModelMismatchError(
+                f"{self.root}: gallery was built with model {self.fingerprint} "
+                f"({d['config']['backbone']}, {d['preprocess']['input_size']} px, dim {d['embedding_dim']}), "
+                f"but {what} has fingerprint {fingerprint}; use the gallery's model "
+                f"({self.model_spec or 'see model_description'}) or enroll into a new gallery"
+            )
+
+    # ------------------------------------------------------------------ loading
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.root / DB_FILE, timeout=30.0, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    def _load(self) -> None:
+        """Read one committed generation: metadata snapshot plus its index file."""
+        for attempt in range(5):
+            try:
+                self._load_once()
+                return
+            except FileNotFoundError:
+                # a writer switched generations and deleted the file between our two reads
+                if attempt == 4:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+
+    def _load_once(self) -> None:
+        import faiss
+
+        try:
+            conn = self._connect()
+        except sqlite3.Error as e:
+            raise GalleryCorruptError(f"{self.root / DB_FILE}: cannot open ({e})") from None
+        try:
+            conn.execute("BEGIN")  # one read snapshot for everything below
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            rows = conn.execute("SELECT vid, item_id FROM vectors ORDER BY item_id, vid").fetchall()
+            items = {
+                r[0]: (r[1], json.loads(r[2]))
+                for r in conn.execute("SELECT item_id, name, attributes FROM items")
+            }
+            conn.execute("COMMIT")
+        except sqlite3.DatabaseError as e:
+            raise GalleryCorruptError(f"{self.root / DB_FILE}: unreadable ({e})") from None
+        finally:
+            conn.close()
+        try:
+            if int(meta["format_version"]) != FORMAT_VERSION:
+                raise GalleryError(
+                    f"{self.root}: gallery format {meta['format_version']}, this code reads {FORMAT_VERSION}"
+                )
+            self.meta = meta
+            self.generation = int(meta["generation"])
+            self.embedding_dim = int(meta["embedding_dim"])
+        except KeyError as e:
+            raise GalleryCorruptError(f"{self.root / DB_FILE}: meta lacks {e}") from None
+        index_path = self.root / meta["index_file"]
+        if not index_path.exists():
+            raise FileNotFoundError(index_path)
+        try:
+            index = faiss.read_index(str(index_path))
+        except RuntimeError as e:
+            raise GalleryCorruptError(
+                f"{index_path}: unreadable FAISS index ({str(e).splitlines()[0]})"
+            ) from None
+        if not isinstance(index, faiss.IndexIDMap2) or index.d != self.embedding_dim:
+            raise GalleryCorruptError(f"{index_path}: not an IndexIDMap2 of dimension {self.embedding_dim}")
+        ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+        vecs = (
+            faiss.downcast_index(index.index).reconstruct_n(0, index.ntotal)
+            if index.ntotal
+            else np.zeros((0, self.embedding_dim), np.float32)
+        )
+        vids = np.array([r[0] for r in rows], dtype=np.int64)
+        if len(ids) != len(vids) or not np.array_equal(np.sort(ids), np.sort(vids)):
+            raise GalleryCorruptError(
+                f"{self.root}: index {index_path.name} holds {len(ids)} vectors but the metadata lists {len(vids)}"
+            )
+        pos = {int(v): i for i, v in enumerate(ids)}
+        order = np.array([pos[int(v)] for v in vids], dtype=np.int64)
+        self._vids = vids  # item-sorted
+        self._vecs = np.ascontiguousarray(vecs[order] if len(order) else vecs, dtype=np.float32)
+        row_items = [r[1] for r in rows]
+        self._items = sorted(items)
+        self._item_info = items
+        col = {it: j for j, it in enumerate(self._items)}
+        self._row_item = np.array([col[i] for i in row_items], dtype=np.int64)
+        counts = (
+            np.bincount(self._row_item, minlength=len(self._items))
+            if len(rows)
+            else np.zeros(len(self._items), np.int64)
+        )
+        if (counts == 0).any():
+            empty = [self._items[j] for j in np.nonzero(counts == 0)[0][:5]]
+            raise GalleryCorruptError(f"{self.root}: item(s) without vectors: {empty}")
+        self._counts = counts
+        self._starts = (
+            np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64) if len(counts) else counts
+        )
+        self._col = col
+        self._protos = None
+        self._ann = None
+
+    def refresh(self) -> bool:
+        """Reload if another process committed a new generation; returns True when it did."""
+        conn = self._connect()
+        try:
+            gen = int(conn.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0])
+        finally:
+            conn.close()
+        if gen != self.generation:
+            self._load()
+            return True
+        return False
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def fingerprint(self) -> str:
+        return self.meta["model_fingerprint"]
+
+    @property
+    def model_description(self) -> dict[str, Any]:
+        return json.loads(self.meta["model_description"])
+
+    @property
+    def model_spec(self) -> str:
+        return self.meta.get("model_spec", "")
+
+    @property
+    def threshold(self) -> float:
+        return float(self.meta["threshold"])
+
+    @property
+    def margin(self) -> float:
+        return float(self.meta["margin"])
+
+    @property
+    def score_mode(self) -> str:
+        return self.meta["score_mode"]
+
+    @property
+    def top_n(self) -> int:
+        return int(self.meta["top_n"])
+
+    @property
+    def item_ids(self) -> list[str]:
+        return list(self._items)
+
+    def __len__(self) -> int:
+        """Number of vectors."""
+        return len(self._vids)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._col
+
+    def items(self) -> list[ItemInfo]:
+        return [
+            ItemInfo(it, self._item_info[it][0], self._item_info[it][1], int(self._counts[j]))
+            for j, it in enumerate(self._items)
+        ]
+
+    def vectors_of(self, item_id: str) -> np.ndarray:
+        j = self._item_col(item_id)
+        s, c = self._starts[j], self._counts[j]
+        return self._vecs[s : s + c]
+
+    def records(self, item_id: str | None = None) -> list[dict[str, Any]]:
+        """Per-vector metadata rows (vid, item_id, path, sha256, added)."""
+        conn = self._connect()
+        try:
+            q = "SELECT vid, item_id, path, sha256, added FROM vectors"
+            cur = (
+                conn.execute(q + " WHERE item_id=? ORDER BY vid", (item_id,))
+                if item_id
+                else conn.execute(q + " ORDER BY vid")
+            )
+            return [dict(zip(("vid", "item_id", "path", "sha256", "added"), r, strict=True)) for r in cur]
+        finally:
+            conn.close()
+
+    def known_hashes(self, hashes: Sequence[str]) -> dict[str, str]:
+        """Which of ``hashes`` are already enrolled, mapped to the item holding them."""
+        conn = self._connect()
+        try:
+            out = {}
+            for i in range(0, len(hashes), 500):
+                chunk = list(hashes[i : i + 500])
+                q = f"SELECT sha256, item_id FROM vectors WHERE sha256 IN ({','.join('?' * len(chunk))})"
+                out.update(dict(conn.execute(q, chunk).fetchall()))
+            return out
+        finally:
+            conn.close()
+
+    def _item_col(self, item_id: str) -> int:
+        try:
+            return self._col[item_id]
+        except KeyError:
+            raise UnknownItemError(self._unknown_message([item_id])) from None
+
+    def _unknown_message(self, ids: Sequence[str]) -> str:
+        some = ", ".join(self._items[:8]) + (", ..." if len(self._items) > 8 else "")
+        return f"item id(s) {', '.join(map(repr, ids))} not in gallery {self.root} ({len(self._items)} items: {some})"
+
+    # ------------------------------------------------------------------ writing
+
+    @contextlib.contextmanager
+    def _writer(self) -> Iterator[sqlite3.Connection]:
+        with _flock(self.root / LOCK_FILE, self.lock_timeout):
+            self._load()  # start from the latest committed state
+            self._remove_orphans()
+            conn = self._connect()
+            try:
+                yield conn
+            finally:
+                conn.close()
+
+    def _remove_orphans(self) -> None:
+        keep = {self.meta["index_file"]}
+        for p in self.root.iterdir():
+            if (
+                p.name.startswith((INDEX_PREFIX, ANN_PREFIX))
+                and p.name not in keep
+                and not p.name.startswith(f"{ANN_PREFIX}{self.generation}.")
+            ):
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+
+    def _commit(
+        self, conn: sqlite3.Connection, vids: np.ndarray, vecs: np.ndarray, sql: list[tuple[str, Sequence]]
+    ) -> None:
+        """Write the full new vector set as the next generation, then switch to it in one transaction."""
+        import faiss
+
+        new_gen = self.generation + 1
+        name = f"{INDEX_PREFIX}{new_gen}.faiss"
+        index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.embedding_dim))
+        if len(vids):
+            index.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), vids.astype(np.int64))
+        _write_index(index, self.root / name)
+        old = self.meta["index_file"]
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for stmt, args in sql:
+                if args and isinstance(args[0], (list, tuple)):
+                    conn.executemany(stmt, args)
+                else:
+                    conn.execute(stmt, args)
+            conn.execute("UPDATE meta SET value=? WHERE key='generation'", (str(new_gen),))
+            conn.execute("UPDATE meta SET value=? WHERE key='index_file'", (name,))
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            (self.root / name).unlink(missing_ok=True)
+            raise
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / old).unlink()
+        self._load()
+
+    def add(
+        self,
+        item_ids: Sequence[str],
+        embeddings: np.ndarray,
+        *,
+        paths: Sequence[str] | None = None,
+        hashes: Sequence[str] | None = None,
+        names: dict[str, str] | None = None,
+        fingerprint: str | None = None,
+    ) -> AddResult:
+        """Enroll vectors for items (new items are created). One atomic commit.
+
+        ``hashes`` identify the source images; a hash already in the gallery, or repeated in
+        this call, is skipped and reported in ``duplicates``. Without ``hashes`` the vector's
+        own bytes are hashed. ``fingerprint`` (the embedding model's) must match the gallery's.
+        """
+        if fingerprint is not None:
+            self.check_model(fingerprint, "the embeddings' model")
+        emb = np.asarray(embeddings, dtype=np.float32)
+        if emb.ndim != 2 or emb.shape[1] != self.embedding_dim:
+            raise GalleryModelMismatchError(
+                f"{self.root}: embeddings of shape {emb.shape}, the gallery holds dimension {self.embedding_dim}"
+            )
+        n = len(item_ids)
+        if emb.shape[0] != n:
+            raise ValueError(f"{n} item ids for {emb.shape[0]} embeddings")
+        if not np.isfinite(emb).all():
+            raise ValueError("embeddings contain NaN or inf")
+        bad_ids = [i for i in item_ids if not isinstance(i, str) or not i.strip() or ";" in i]
+        if bad_ids:
+            raise ValueError(f"invalid item id(s) {bad_ids[:5]} (non-empty, no ';')")
+        paths = list(paths) if paths is not None else [""] * n
+        emb = normalize_rows(emb)
+        hashes = (
+            list(hashes) if hashes is not None else [hashlib.sha256(v.tobytes()).hexdigest() for v in emb]
+        )
+        if len(paths) != n or len(hashes) != n:
+            raise ValueError("paths and hashes must have one entry per embedding")
+        result = AddResult()
+        with self._writer() as conn:
+            known = self.known_hashes(hashes)
+            keep = []
+            for i, h in enumerate(hashes):
+                if h in known:
+                    result.duplicates.append((paths[i], known[h]))
+                else:
+                    known[h] = item_ids[i]
+                    keep.append(i)
+            if not keep:
+                return result
+            start = int(conn.execute("SELECT COALESCE(MAX(vid), 0) + 1 FROM vectors").fetchone()[0])
+            new_vids = np.arange(start, start + len(keep), dtype=np.int64)
+            now = time.time()
+            new_items = sorted({item_ids[i] for i in keep} - set(self._col))
+            names = names or {}
+            sql: list[tuple[str, Sequence]] = []
+            if new_items:
+                sql.append(
+                    (
+                        "INSERT INTO items VALUES (?, ?, '{}', ?)",
+                        [(it, names.get(it, it), now) for it in new_items],
+                    )
+                )
+            sql.append(
+                (
+                    "INSERT INTO vectors VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (int(v), item_ids[i], paths[i], hashes[i], now)
+                        for v, i in zip(new_vids, keep, strict=True)
+                    ],
+                )
+            )
+            vids = np.concatenate([self._vids, new_vids])
+            vecs = np.concatenate([self._vecs, emb[keep]])
+            self._commit(conn, vids, vecs, sql)
+            result.added = len(keep)
+            result.new_items = new_items
+        return result
+
+    def remove_item(self, item_id: str) -> int:
+        """Remove an item and all its vectors; returns how many vectors went."""
+        with self._writer() as conn:
+            j = self._item_col(item_id)
+            keep = self._row_item != j
+            n = int((~keep).sum())
+            self._commit(
+                conn,
+                self._vids[keep],
+                self._vecs[keep],
+                [
+                    ("DELETE FROM vectors WHERE item_id=?", (item_id,)),
+                    ("DELETE FROM items WHERE item_id=?", (item_id,)),
+                ],
+            )
+        return n
+
+    def set_item(
+        self, item_id: str, *, name: str | None = None, attributes: dict[str, Any] | None = None
+    ) -> None:
+        """Change an enrolled item's display name and/or attributes."""
+        with self._writer() as conn:
+            self._item_col(item_id)
+            conn.execute("BEGIN IMMEDIATE")
+            if name is not None:
+                conn.execute("UPDATE items SET name=? WHERE item_id=?", (name, item_id))
+            if attributes is not None:
+                conn.execute(
+                    "UPDATE items SET attributes=? WHERE item_id=?", (json.dumps(attributes), item_id)
+                )
+            conn.execute("COMMIT")
+        self._load()
+
+    def set_threshold(self, threshold: float | None = None, margin: float | None = None) -> None:
+        """Store the open-set decision rule (cosine threshold and margin over the second item)."""
+        updates = {k: v for k, v in (("threshold", threshold), ("margin", margin)) if v is not None}
+        for k, v in updates.items():
+            if not math.isfinite(float(v)):
+                raise ValueError(f"{k} must be a finite number, got {v}")
+        self._set_meta({k: str(float(v)) for k, v in updates.items()})
+
+    def set_score_mode(self, mode: str, top_n: int | None = None) -> None:
+        """Item score: ``max`` over its vectors, ``mean_topn`` of its best n, or ``prototype`` (mean vector)."""
+        if mode not in SCORE_MODES:
+            raise ValueError(f"score mode {mode!r} is not one of {', '.join(SCORE_MODES)}")
+        upd = {"score_mode": mode}
+        if top_n is not None:
+            if top_n < 1:
+                raise ValueError(f"top_n must be >= 1, got {top_n}")
+            upd["top_n"] = str(int(top_n))
+        self._set_meta(upd)
+
+    def _set_meta(self, updates: dict[str, str]) -> None:
+        with self._writer() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany("UPDATE meta SET value=? WHERE key=?", [(v, k) for k, v in updates.items()])
+            conn.execute("COMMIT")
+        self._load()
+
+    def verify(self) -> dict[str, int]:
+        """Re-read everything from disk and check index and metadata agree; returns counts."""
+        self._load()
+        conn = self._connect()
+        try:
+            check = conn.execute("PRAGMA integrity_check").fetchone()[0]
+            orphans = conn.execute(
+                "SELECT COUNT(*) FROM vectors v LEFT JOIN items i ON v.item_id=i.item_id WHERE i.item_id IS NULL"
+            ).fetchone()[0]
+        finally:
+            conn.close()
+        if check != "ok" or orphans:
+            raise GalleryCorruptError(
+                f"{self.root}: integrity check {check!r}, {orphans} vectors without an item"
+            )
+        return {"items": len(self._items), "vectors": len(self), "generation": self.generation}
+
+    # ------------------------------------------------------------------ search
+
+    def _prototypes(self) -> np.ndarray:
+        if self._protos is None:
+            sums = np.add.reduceat(self._vecs, self._starts, axis=0) if len(self._vecs) else self._vecs
+            self._protos = normalize_rows(sums)
+        return self._protos
+
+    def _gpu(self):
+        """A FAISS GPU resource when asked for (or 'auto' and present), else None."""
+        if self.use_gpu is False:
+            return None
+        import faiss
+
+        if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0:
+            if self.use_gpu:
+                raise GalleryError(
+                    "use_gpu=True but this FAISS build has no GPU support or no GPU is visible"
+                )
+            return None
+        if self._gpu_res is None:
+            self._gpu_res = faiss.StandardGpuResources()
+        return self._gpu_res
+
+    def _all_item_scores(self, q: np.ndarray) -> np.ndarray:
+        """Exact ``Q x I`` item scores over the whole gallery (query chunks bound the memory)."""
+        mode = self.score_mode
+        if mode == "prototype":
+            return q @ self._prototypes().T
+        out = np.empty((len(q), len(self._items)), np.float32)
+        step = max(1, int(2e8 // max(1, len(self))))  # ~800 MB of scores at most
+        for i in range(0, len(q), step):
+            sims = q[i : i + step] @ self._vecs.T
+            out[i : i + step] = block_scores(sims, self._starts, self._counts, mode, self.top_n)
+        return out
+
+    def ann_index(self):
+        """The IVF index for this generation (built, tuned and cached on first use)."""
+        if self._ann is not None and self._ann[0] == self.generation:
+            return self._ann
+        import faiss
+
+        from .ann import build_ivf
+
+        cache = self.root / f"{ANN_PREFIX}{self.generation}.faiss"
+        nprobe_file = cache.with_suffix(".json")
+        if cache.is_file() and nprobe_file.is_file():
+            index = faiss.read_index(str(cache))
+            info = json.loads(nprobe_file.read_text())
+            index.nprobe = int(info["nprobe"])
+        else:
+            index, info = build_ivf(self._vecs, seed=self.generation)
+            with contextlib.suppress(OSError):  # a read-only gallery still searches, just rebuilds next time
+                _write_index(index, cache)
+                tmp = nprobe_file.with_suffix(".json.tmp")
+                tmp.write_text(json.dumps(info))
+                _fsync_replace(tmp, nprobe_file)
+        self._ann = (self.generation, index, int(info["nprobe"]), float(info["recall_at_10"]))
+        return self._ann
+
+    def _ann_item_scores(self, q: np.ndarray, k: int) -> tuple[list[str], np.ndarray]:
+        """Approximate full search for large galleries: nearest vectors -> items (max), rest -inf."""
+        r = min(len(self), max(64, 16 * k))
+        gpu = self._gpu()
+        if gpu is not None:
+            import faiss
+
+            D, I = faiss.knn_gpu(gpu, q, self._vecs, r, metric=faiss.METRIC_INNER_PRODUCT)
+        else:
+            _, index, _, _ = self.ann_index()
+            D, I = index.search(q, r)
+        scores = np.full((len(q), len(self._items)), -np.inf, np.float32)
+        valid = I >= 0
+        rows = np.nonzero(valid)[0]
+        cols = self._row_item[I[valid]]
+        np.maximum.at(scores, (rows, cols), D[valid].astype(np.float32))
+        if self.score_mode != "max":  # re-score the shortlist exactly with the chosen mode
+            for qi in range(len(q)):
+                short = np.unique(cols[rows == qi])
+                scores[qi, short] = self._candidate_scores(q[qi : qi + 1], short)[0]
+        return self._items, scores
+
+    def _candidate_scores(self, q: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """``Q x len(cols)`` item scores for just these items: one small product per item block."""
+        if self.score_mode == "prototype":
+            return q @ self._prototypes()[cols].T
+        out = np.empty((len(q), len(cols)), np.float32)
+        for j, c in enumerate(cols):
+            s, n = self._starts[c], self._counts[c]
+            sims = q @ self._vecs[s : s + n].T
+            if self.score_mode == "max":
+                out[:, j] = sims.max(axis=1)
+            else:
+                out[:, j] = block_scores(sims, np.zeros(1, np.int64), np.array([n]), "mean_topn", self.top_n)[
+                    :, 0
+                ]
+        return out
+
+    def search(
+        self,
+        queries: np.ndarray,
+        *,
+        k: int = 5,
+        candidates: Sequence[str] | Sequence[Sequence[str] | None] | None = None,
+        threshold: float | None = None,
+        margin: float | None = None,
+    ) -> list[Match]:
+        """Match L2-normalised query embeddings (``Q x D``).
+
+        ``candidates``: ``None`` searches the whole gallery; a list of item ids constrains
+        every query to them; a list with one entry (list or None) per query constrains each
+        query separately. Unknown candidate ids raise :class:`UnknownItemError`.
+        """
+        q = np.asarray(queries, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None]
+        if q.shape[1] != self.embedding_dim:
+            raise GalleryModelMismatchError(
+                f"{self.root}: queries have dimension {q.shape[1]}, the gallery holds dimension {self.embedding_dim}"
+            )
+        q = normalize_rows(q)
+        thr = self.threshold if threshold is None else threshold
+        mar = self.margin if margin is None else margin
+        per_query = self._per_query_candidates(candidates, len(q))
+        out: list[Match | None] = [None] * len(q)
+        groups: dict[tuple[str, ...] | None, list[int]] = {}
+        for i, c in enumerate(per_query):
+            groups.setdefault(c, []).append(i)
+        for cands, idx in groups.items():
+            sub = q[idx]
+            if cands is None:
+                if len(self) >= self.ann_threshold:
+                    items, scores = self._ann_item_scores(sub, k)
+                else:
+                    items, scores = self._items, self._all_item_scores(sub)
+            else:
+                cols = np.array([self._col[c] for c in cands], dtype=np.int64)
+                items, scores = list(cands), self._candidate_scores(sub, cols)
+            for i, m in zip(idx, decide(items, scores, k, thr, mar), strict=True):
+                out[i] = m
+        return out  # type: ignore[return-value]
+
+    def _per_query_candidates(self, candidates, n: int) -> list[tuple[str, ...] | None]:
+        if candidates is None:
+            return [None] * n
+        if isinstance(candidates, str):
+            raise TypeError(f"candidates must be a list of item ids, not the string {candidates!r}")
+        cands = list(candidates)
+        if cands and all(isinstance(c, str) for c in cands):
+            per = [tuple(dict.fromkeys(cands))] * n
+        else:
+            if len(cands) != n:
+                raise ValueError(f"{len(cands)} candidate lists for {n} queries")
+            per = [None if c is None else tuple(dict.fromkeys(c)) for c in cands]
+        unknown = sorted({c for p in per if p for c in p if c not in self._col})
+        if unknown:
+            raise UnknownItemError("candidate " + self._unknown_message(unknown))
+        if any(p is not None and not p for p in per):
+            raise ValueError("an empty candidate set (give None to search the whole gallery)")
+        return per
+
+    def match(
+        self,
+        images: Sequence[Any] | np.ndarray,
+        *,
+        candidates: Sequence[str] | Sequence[Sequence[str] | None] | None = None,
+        k: int = 5,
+        model: Any = None,
+    ) -> list[Match]:
+        """Match images (file paths or RGB arrays) or embeddings (a ``Q x D`` array).
+
+        Images need ``model`` (an :class:`~recognizer.model.EmbeddingModel` with the
+        gallery's fingerprint); an image that cannot be read raises its
+        :class:`~recognizer.imageio.ImageLoadError`.
+        """
+        if isinstance(images, np.ndarray) and images.ndim == 2 and images.dtype != np.uint8:
+            return self.search(images, k=k, candidates=candidates)
+        if model is None:
+            raise ValueError(
+                "matching images needs the gallery's model: match(images, model=load_model(...))"
+            )
+        self.check_model(model.fingerprint, "the given model")
+        from .embed import embed_arrays
+        from .imageio import load_image
+
+        arrays = [load_image(im) if isinstance(im, (str, os.PathLike)) else im for im in images]
+        return self.search(embed_arrays(model, arrays), k=k, candidates=candidates)
+
+
+# ------------------------------------------------------------------------------ file helpers
+
+
+def _write_index(index, path: Path) -> None:
+    import faiss
+
+    tmp = path.with_name(path.name + ".tmp")
+    faiss.write_index(index, str(tmp))
+    _fsync_replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _flock(path: Path, timeout: float) -> Iterator[None]:
+    """Exclusive advisory lock on ``path``, waiting up to ``timeout`` seconds."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                    raise GalleryLockedError(
+                        f"{path.parent}: another process (pid {holder}) is writing this gallery; "
+                        f"waited {timeout:.0f} s"
+                    ) from None
+                time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

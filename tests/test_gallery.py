@@ -1,0 +1,252 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from recognizer.gallery import (
+    Gallery,
+    GalleryCorruptError,
+    GalleryError,
+    GalleryLockedError,
+    GalleryModelMismatchError,
+    GalleryNotFoundError,
+    UnknownItemError,
+    _flock,
+    block_scores,
+    decide,
+)
+
+DIM = 8
+
+
+def _desc(fp="fp-A", dim=DIM):
+    return {
+        "fingerprint": fp,
+        "embedding_dim": dim,
+        "preprocess": {"input_size": 64},
+        "config": {"backbone": "lite0"},
+    }
+
+
+def _unit(rng, n, dim=DIM):
+    v = rng.normal(size=(n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def gallery(tmp_path):
+    return Gallery.create(tmp_path / "g", _desc(), model_spec="lite0")
+
+
+def test_block_scores_and_decision_by_hand():
+    sims = np.array([[0.1, 0.9, 0.3, 0.5, 0.2]], np.float32)  # items a: [0,1], b: [2,3,4]
+    starts, counts = np.array([0, 2]), np.array([2, 3])
+    assert block_scores(sims, starts, counts, "max").tolist() == [[pytest.approx(0.9), pytest.approx(0.5)]]
+    got = block_scores(sims, starts, counts, "mean_topn", top_n=2)
+    assert got[0].tolist() == [pytest.approx(0.5), pytest.approx(0.4)]
+    m = decide(["a", "b"], np.array([[0.9, 0.5]], np.float32), k=5, threshold=0.6, margin=0.3)[0]
+    assert (m.item_id, m.accepted, m.margin) == ("a", True, pytest.approx(0.4))
+    assert m.topk == (("a", pytest.approx(0.9)), ("b", pytest.approx(0.5)))
+    m = decide(["a", "b"], np.array([[0.9, 0.7]], np.float32), k=1, threshold=0.6, margin=0.3)[0]
+    assert not m.accepted and m.label == "unknown" and len(m.topk) == 1  # margin too small
+    m = decide(["a"], np.array([[0.5]], np.float32), k=5, threshold=0.6, margin=0.0)[0]
+    assert not m.accepted and math.isinf(m.margin)  # below threshold; one item: margin inf
+
+
+def test_enroll_search_remove(gallery):
+    rng = np.random.default_rng(0)
+    v = _unit(rng, 9)
+    res = gallery.add(["a", "a", "a", "b", "b", "c", "c", "c", "c"], v, paths=[f"p{i}.jpg" for i in range(9)])
+    assert res.added == 9 and res.new_items == ["a", "b", "c"]
+    assert [(i.item_id, i.vectors) for i in gallery.items()] == [("a", 3), ("b", 2), ("c", 4)]
+    m = gallery.search(v, k=2)
+    assert [x.item_id for x in m] == ["a"] * 3 + ["b"] * 2 + ["c"] * 4
+    assert all(x.score == pytest.approx(1.0, abs=1e-5) for x in m)
+    # constrained: the query of an 'a' vector restricted to b, c never returns a
+    m = gallery.search(v[:3], candidates=["b", "c"])
+    assert all(x.item_id in ("b", "c") for x in m)
+    per_row = gallery.search(v[:2], candidates=[["b"], None])
+    assert per_row[0].item_id == "b" and per_row[1].item_id == "a"
+    assert gallery.remove_item("b") == 2
+    assert gallery.item_ids == ["a", "c"] and len(gallery) == 7
+    assert all(x.item_id != "b" for x in gallery.search(v, k=3))
+    again = Gallery.open(gallery.root)
+    assert again.item_ids == ["a", "c"] and len(again) == 7
+    np.testing.assert_allclose(again.vectors_of("c"), v[5:9], atol=1e-6)
+
+
+def test_identical_images_are_skipped(gallery):
+    v = _unit(np.random.default_rng(1), 3)
+    gallery.add(["a", "a", "b"], v, hashes=["h1", "h2", "h3"])
+    res = gallery.add(
+        ["a", "c", "c"], _unit(np.random.default_rng(2), 3), paths=["x", "y", "z"], hashes=["h1", "h4", "h4"]
+    )
+    assert res.added == 1 and res.duplicates == [("x", "a"), ("z", "c")]
+    assert len(gallery) == 4
+
+
+def test_unknown_candidates_and_items_are_clear_errors(gallery):
+    gallery.add(["a", "b"], _unit(np.random.default_rng(3), 2))
+    with pytest.raises(
+        UnknownItemError, match=r"candidate item id\(s\) 'zz' not in gallery .* \(2 items: a, b\)"
+    ):
+        gallery.search(_unit(np.random.default_rng(4), 1), candidates=["a", "zz"])
+    with pytest.raises(UnknownItemError, match="'nope'"):
+        gallery.remove_item("nope")
+    with pytest.raises(TypeError, match="not the string"):
+        gallery.search(_unit(np.random.default_rng(4), 1), candidates="a")
+
+
+def test_model_mismatch_is_refused(tmp_path, gallery):
+    gallery.add(["a"], _unit(np.random.default_rng(0), 1))
+    with pytest.raises(
+        GalleryModelMismatchError, match=r"built with model fp-A \(lite0, 64 px, dim 8\).*fingerprint fp-B"
+    ):
+        Gallery.open(gallery.root, expected_fingerprint="fp-B")
+    with pytest.raises(GalleryModelMismatchError, match="fp-B"):
+        gallery.add(["a"], _unit(np.random.default_rng(1), 1), fingerprint="fp-B")
+    with pytest.raises(GalleryModelMismatchError, match="dimension 8"):
+        gallery.add(["a"], np.ones((1, 16), np.float32))
+    with pytest.raises(GalleryModelMismatchError, match="dimension 8"):
+        gallery.search(np.ones((1, 16), np.float32))
+    with pytest.raises(GalleryNotFoundError, match="no gallery here"):
+        Gallery.open(tmp_path / "none")
+    with pytest.raises(GalleryError, match="already exists"):
+        Gallery.create(gallery.root, _desc())
+
+
+def test_bad_vectors_and_ids_change_nothing(gallery):
+    gallery.add(["a"], _unit(np.random.default_rng(0), 1))
+    gen = gallery.generation
+    with pytest.raises(ValueError, match="NaN"):
+        gallery.add(["b"], np.full((1, DIM), np.nan, np.float32))
+    with pytest.raises(ValueError, match="invalid item id"):
+        gallery.add(["x;y"], _unit(np.random.default_rng(1), 1))
+    with pytest.raises(ValueError, match="2 item ids for 1 embeddings"):
+        gallery.add(["a", "b"], _unit(np.random.default_rng(1), 1))
+    assert Gallery.open(gallery.root).generation == gen and len(gallery) == 1
+
+
+def test_threshold_and_score_modes_persist(gallery):
+    rng = np.random.default_rng(5)
+    gallery.add(["a"] * 4 + ["b"] * 4, _unit(rng, 8))
+    gallery.set_threshold(0.75, 0.05)
+    g2 = Gallery.open(gallery.root)
+    assert (g2.threshold, g2.margin) == (0.75, 0.05)
+    q = _unit(rng, 5)
+    for mode in ("max", "mean_topn", "prototype"):
+        g2.set_score_mode(mode, top_n=2)
+        full = g2.search(q, k=2)
+        cons = g2.search(q, k=2, candidates=["a", "b"])
+        for f, c in zip(full, cons, strict=True):  # constrained to all items == full search
+            assert f.item_id == c.item_id and f.score == pytest.approx(c.score, abs=1e-5)
+    with pytest.raises(ValueError, match="not one of max, mean_topn, prototype"):
+        g2.set_score_mode("median")
+    with pytest.raises(ValueError, match="finite"):
+        g2.set_threshold(float("nan"))
+
+
+def test_empty_gallery_answers_unknown(gallery):
+    m = gallery.search(_unit(np.random.default_rng(0), 2))
+    assert [x.item_id for x in m] == [None, None] and not any(x.accepted for x in m)
+
+
+def test_ann_path_matches_exact_search(tmp_path):
+    rng = np.random.default_rng(0)
+    centers = _unit(rng, 300, 32)
+    vecs = centers.repeat(10, axis=0) + rng.normal(0, 0.08, (3000, 32)).astype(np.float32)
+    items = [f"i{k}" for k in range(300) for _ in range(10)]
+    g = Gallery.create(tmp_path / "big", _desc(dim=32), ann_threshold=1000)
+    g.add(items, vecs)
+    gen, index, nprobe, recall = g.ann_index()
+    assert recall >= 0.99 and 1 <= nprobe <= index.nlist
+    q = centers[:50] + rng.normal(0, 0.08, (50, 32)).astype(np.float32)
+    approx = g.search(q, k=5)
+    exact = Gallery.open(g.root, ann_threshold=10**9).search(q, k=5)
+    agree = np.mean([a.item_id == e.item_id for a, e in zip(approx, exact, strict=True)])
+    assert agree >= 0.98
+    assert [m.item_id for m in approx[:10]] == [f"i{k}" for k in range(10)]
+    # the tuned index is cached for this generation and reused by the next open
+    assert (g.root / f"ann.{g.generation}.faiss").is_file()
+    assert Gallery.open(g.root, ann_threshold=1000).ann_index()[2] == nprobe
+
+
+def test_writer_lock_excludes_a_second_writer(gallery):
+    with _flock(gallery.root / "gallery.lock", 0.0):
+        slow = Gallery.open(gallery.root, lock_timeout=0.2)
+        with pytest.raises(GalleryLockedError, match="another process .* is writing this gallery"):
+            slow.add(["a"], _unit(np.random.default_rng(0), 1))
+    slow.add(["a"], _unit(np.random.default_rng(0), 1))
+    assert len(slow) == 1
+
+
+def test_corrupt_index_is_reported(gallery):
+    gallery.add(["a"], _unit(np.random.default_rng(0), 1))
+    (gallery.root / gallery.meta["index_file"]).write_bytes(b"garbage")
+    with pytest.raises(GalleryCorruptError, match="unreadable FAISS index"):
+        Gallery.open(gallery.root)
+
+
+def test_orphan_index_from_a_crash_is_ignored_then_cleaned(gallery):
+    gallery.add(["a"], _unit(np.random.default_rng(0), 1))
+    orphan = gallery.root / f"vectors.{gallery.generation + 1}.faiss"
+    orphan.write_bytes(b"half-written by a killed enroller")
+    g = Gallery.open(gallery.root)
+    assert len(g) == 1
+    g.add(["b"], _unit(np.random.default_rng(1), 1))
+    assert not orphan.exists() or Gallery.open(gallery.root).meta["index_file"] == orphan.name
+    assert sorted(p.name for p in gallery.root.glob("vectors.*")) == [g.meta["index_file"]]
+
+
+class GalleryMachine(RuleBasedStateMachine):
+    """Random add/remove/search sequences keep the invariants: committed vectors are found, removed items never return."""
+
+    @initialize()
+    def setup(self):
+        import tempfile
+
+        self.dir = tempfile.mkdtemp()
+        self.g = Gallery.create(self.dir + "/g", _desc())
+        self.model: dict[str, list[np.ndarray]] = {}
+        self.removed: set[str] = set()
+        self.rng = np.random.default_rng(0)
+
+    @rule(item=st.sampled_from(["a", "b", "c", "d"]), n=st.integers(1, 3))
+    def add(self, item, n):
+        v = _unit(self.rng, n)
+        self.g.add([item] * n, v)
+        self.model.setdefault(item, []).extend(v)
+        self.removed.discard(item)
+
+    @rule(item=st.sampled_from(["a", "b", "c", "d"]))
+    def remove(self, item):
+        if item in self.model:
+            assert self.g.remove_item(item) == len(self.model.pop(item))
+            self.removed.add(item)
+        else:
+            with pytest.raises(UnknownItemError):
+                self.g.remove_item(item)
+
+    @rule()
+    def reopen(self):
+        self.g = Gallery.open(self.g.root)
+
+    @invariant()
+    def every_committed_vector_is_found(self):
+        assert sorted(self.g.item_ids) == sorted(self.model)
+        assert len(self.g) == sum(map(len, self.model.values()))
+        for item, vecs in self.model.items():
+            m = self.g.search(np.stack(vecs), k=len(self.model))
+            assert all(x.item_id == item and x.score > 0.9999 for x in m)
+            assert all(r not in [i for i, _ in x.topk] for x in m for r in self.removed)
+
+
+TestGalleryMachine = GalleryMachine.TestCase
+TestGalleryMachine.settings = settings(
+    max_examples=25, stateful_step_count=12, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)

@@ -1,0 +1,87 @@
+#!/usr/bin/env python
+"""Enroll items into a gallery from a few photos each, without retraining.
+
+  python tools/enroll.py --gallery G --manifest items.csv [--data-root DIR] [--model lite0|MODEL_DIR]
+  python tools/enroll.py --gallery G --item cola-330ml --images a.jpg b.jpg [--name "Cola 330 ml"]
+  python tools/enroll.py --gallery G --remove cola-330ml
+  python tools/enroll.py --gallery G --list
+  python tools/enroll.py --gallery G --set-threshold 0.6 [--set-margin 0.02]
+
+A new gallery is created for --model (default: off-the-shelf lite0). An existing gallery
+uses its own model; a --model with other weights is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from recognizer.enroll import enroll_files, enroll_manifest, open_or_create_gallery
+from recognizer.gallery import Gallery, GalleryError
+from recognizer.imageio import ImageLoadError
+from recognizer.manifest import ManifestError, load_manifest
+from recognizer.model import ModelLoadError
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gallery", required=True, help="gallery folder (created if missing)")
+    what = ap.add_mutually_exclusive_group(required=True)
+    what.add_argument("--manifest", help="CSV manifest; rows with role=query are not enrolled")
+    what.add_argument("--item", help="item id to enroll --images under")
+    what.add_argument("--remove", metavar="ITEM", help="remove an item and all its vectors")
+    what.add_argument("--list", action="store_true", help="list the enrolled items")
+    what.add_argument(
+        "--set-threshold", type=float, metavar="COS", help="store the open-set cosine threshold"
+    )
+    ap.add_argument("--set-margin", type=float, help="with --set-threshold: margin over the second-best item")
+    ap.add_argument("--images", nargs="+", help="with --item: image files")
+    ap.add_argument("--name", help="with --item: display name")
+    ap.add_argument("--data-root", help="folder the manifest's paths are relative to (default: its folder)")
+    ap.add_argument(
+        "--model", help="lite0/lite1/lite2 or a trained model folder (default: the gallery's, or lite0)"
+    )
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--commit-every", type=int, default=512, help="images per atomic commit")
+    ap.add_argument("--workers", type=int, help="decoding workers (default: by core count)")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    if args.item and not args.images:
+        ap.error("--item needs --images")
+    try:
+        if args.list or args.remove or args.set_threshold is not None:
+            g = Gallery.open(args.gallery)
+            if args.remove:
+                n = g.remove_item(args.remove)
+                print(f"removed item {args.remove!r} ({n} vectors); {len(g.item_ids)} items left")
+            elif args.set_threshold is not None:
+                g.set_threshold(args.set_threshold, args.set_margin)
+                print(f"threshold {g.threshold:.4f}, margin {g.margin:.4f}")
+            else:
+                print(f"{args.gallery}: {len(g.item_ids)} items, {len(g)} vectors, model {g.fingerprint} "
+                      f"({g.model_spec}), threshold {g.threshold:.3f}, margin {g.margin:.3f}")  # fmt: skip
+                for it in g.items():
+                    print(f"  {it.item_id}\t{it.vectors}\t{it.name}")
+            return 0
+        gallery, model = open_or_create_gallery(args.gallery, args.model)
+        kw = dict(
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            chunk=args.commit_every,
+            progress=not args.no_progress,
+        )
+        if args.manifest:
+            report = enroll_manifest(gallery, model, load_manifest(args.manifest, args.data_root), **kw)
+        else:
+            report = enroll_files(gallery, model, [(args.item, p, None) for p in args.images], **kw)
+            if args.name and args.item in gallery:
+                gallery.set_item(args.item, name=args.name)
+        print(report.summary(gallery))
+        return 0 if report.images_added or not report.failures else 1
+    except (GalleryError, ManifestError, ModelLoadError, ImageLoadError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

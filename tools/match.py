@@ -1,0 +1,57 @@
+#!/usr/bin/env python
+"""Match images against a gallery, optionally within a candidate set; write predictions as CSV.
+
+  python tools/match.py --gallery G --manifest queries.csv [--data-root DIR] --out preds.csv [--candidates A,B,C] [--top-k 5]
+
+Output columns: path,item_id,pred_item_id,score,accepted,topk_ids,topk_scores. item_id is
+the ground truth when the manifest has one; pred_item_id is the best-scoring item and
+accepted (1/0) says whether it passed the gallery's open-set threshold and margin
+(0 means "unknown"). A manifest row's own candidates column (ids joined by ';') wins over
+--candidates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from recognizer.enroll import load_gallery_model, match_manifest, write_predictions
+from recognizer.gallery import Gallery, GalleryError
+from recognizer.manifest import ManifestError, load_manifest
+from recognizer.model import ModelLoadError
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gallery", required=True)
+    ap.add_argument(
+        "--manifest", required=True, help="CSV manifest of query images (role=query rows, or all)"
+    )
+    ap.add_argument("--data-root", help="folder the manifest's paths are relative to (default: its folder)")
+    ap.add_argument("--out", required=True, help="predictions CSV")
+    ap.add_argument("--candidates", help="comma-separated item ids every query is constrained to")
+    ap.add_argument("--top-k", type=int, default=5)
+    ap.add_argument("--model", help="model to embed with (default: the gallery's own)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--workers", type=int)
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        gallery = Gallery.open(args.gallery)
+        model = load_gallery_model(gallery, args.model)
+        cands = [c.strip() for c in args.candidates.split(",") if c.strip()] if args.candidates else None
+        report = match_manifest(
+            gallery, model, load_manifest(args.manifest, args.data_root), candidates=cands, k=args.top_k,
+            batch_size=args.batch_size, num_workers=args.workers, progress=not args.no_progress,
+        )  # fmt: skip
+        write_predictions(args.out, report)
+        print(report.summary())
+        print(f"wrote {args.out}")
+        return 0
+    except (GalleryError, ManifestError, ModelLoadError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
