@@ -799,15 +799,15 @@ class Gallery:
         if gpu is not None:
             import faiss
 
-            D, I = faiss.knn_gpu(gpu, q, self._vecs, r, metric=faiss.METRIC_INNER_PRODUCT)
+            dist, idx = faiss.knn_gpu(gpu, q, self._vecs, r, metric=faiss.METRIC_INNER_PRODUCT)
         else:
             _, index, _, _ = self.ann_index()
-            D, I = index.search(q, r)
+            dist, idx = index.search(q, r)
         scores = np.full((len(q), len(self._items)), -np.inf, np.float32)
-        valid = I >= 0
+        valid = idx >= 0
         rows = np.nonzero(valid)[0]
-        cols = self._row_item[I[valid]]
-        np.maximum.at(scores, (rows, cols), D[valid].astype(np.float32))
+        cols = self._row_item[idx[valid]]
+        np.maximum.at(scores, (rows, cols), dist[valid].astype(np.float32))
         if self.score_mode != "max":  # re-score the shortlist exactly with the chosen mode
             for qi in range(len(q)):
                 short = np.unique(cols[rows == qi])
