@@ -29,9 +29,13 @@ def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
 
 
 def build_ivf(
-    vecs: np.ndarray, *, seed: int = 0, target_recall: float = 0.99, k: int = 10, n_eval: int = 300
+    vecs: np.ndarray, *, seed: int = 0, target_recall: float = 0.995, k: int = 10, n_eval: int = 500
 ) -> tuple[Any, dict[str, float]]:
-    """IVF-Flat (inner product) over ``vecs`` with ids = row positions, and its tuning record."""
+    """IVF-Flat (inner product) over ``vecs`` with ids = row positions, and its tuning record.
+
+    The target sits above the promised 0.99 because tuning on a few hundred queries is
+    itself a noisy estimate; the benchmark re-measures recall on fresh queries.
+    """
     import faiss
 
     vecs = np.ascontiguousarray(vecs, dtype=np.float32)

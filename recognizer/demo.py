@@ -1,16 +1,19 @@
-"""The main job on the embedded default: catalog -> embeddings -> nearest-neighbour accuracy.
+"""The main job on the embedded default: catalog -> gallery -> matches -> accuracy.
 
-Generates the synthetic catalog (or reads a manifest given by flag), embeds the catalog
-images as the gallery and the wild photos as queries with an off-the-shelf backbone,
-and reports item-level top-1/top-5 and top-1 within 10 candidates. A randomly
-initialised copy of the same architecture is measured in the same run as the baseline
-that shows what the pretrained weights are worth.
+Generates the synthetic catalog (or reads a manifest given by flag), enrolls the
+catalog images (``role=gallery``) into a FAISS gallery with an off-the-shelf backbone,
+matches the wild photos (``role=query``) against the whole gallery and within 10
+candidates, and reports item-level top-1/top-5. A randomly initialised copy of the same
+architecture is measured in the same run as the baseline that shows what the
+pretrained weights are worth.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -19,34 +22,20 @@ import numpy as np
 import torch
 
 from .datasets import candidate_sets
-from .embed import describe_failures, embed_manifest
+from .enroll import enroll_manifest, match_manifest
+from .gallery import Gallery, Match
 from .manifest import Manifest, ManifestError, load_manifest
-from .metrics import constrained_top1, item_scores, topk_hits
 from .model import build_model, load_model
 
 
-def evaluate_embeddings(
-    gal_emb: np.ndarray,
-    gal_items: list[str],
-    q_emb: np.ndarray,
-    q_items: list[str],
-    q_candidates: list[tuple[str, ...] | None],
-    *,
-    k_candidates: int = 10,
-    seed: int = 0,
+def evaluate_matches(
+    truths: list[str], full: list[Match], constrained: list[Match], k_label: str
 ) -> dict[str, float]:
-    """Item-level top-1, top-5 and top-1 within candidate sets (the row's own, else seeded random K)."""
-    items, scores = item_scores(q_emb, gal_emb, gal_items)
-    k = min(k_candidates, len(items))
-    random_sets = candidate_sets(q_items, items, k, seed)
-    cands = [c if c is not None else r for c, r in zip(q_candidates, random_sets, strict=True)]
+    """Item-level top-1/top-5 over the whole gallery, and top-1 within each query's candidate set."""
     return {
-        "items": len(items),
-        "queries": len(q_items),
-        "top1": float(topk_hits(scores, items, q_items, 1).mean()),
-        "top5": float(topk_hits(scores, items, q_items, 5).mean()),
-        f"top1_within_{k}": float(constrained_top1(scores, items, q_items, cands).mean()),
-        "chance_top1": 1.0 / len(items),
+        "top1": float(np.mean([m.item_id == t for m, t in zip(full, truths, strict=True)])),
+        "top5": float(np.mean([t in [i for i, _ in m.topk[:5]] for m, t in zip(full, truths, strict=True)])),
+        k_label: float(np.mean([m.item_id == t for m, t in zip(constrained, truths, strict=True)])),
     }
 
 
@@ -102,32 +91,45 @@ def run_demo(
         cfg = {"backbone": model}
         models[f"{model} (random init, baseline)"] = lambda: build_model(cfg, pretrained=False)
     results: dict[str, Any] = {"data": source, "data_root": str(m.data_root), "models": {}}
+    k_cands = min(10, len({r.item_id for r in gallery_rows}))
+    k_label = f"top1_within_{k_cands}"
+    random_sets = candidate_sets(
+        [r.item_id for r in query_rows], [r.item_id for r in gallery_rows], k_cands, seed
+    )
+    # each query's candidate set: its own column, else a seeded random set holding the truth
+    cands_of = {r.line: r.candidates or c for r, c in zip(query_rows, random_sets, strict=True)}
+    plain_rows = [dataclasses.replace(r, candidates=None) for r in query_rows]
     torch.manual_seed(seed)  # the random-init baseline is reproducible
-    for label, make in models.items():
+    for n, (label, make) in enumerate(models.items()):
         net = make()
         if input_size:
             net.preprocess = net.preprocess.with_size(input_size)
         kw = dict(batch_size=batch_size, num_workers=num_workers, progress=progress)
-        g_res, g_rows = embed_manifest(net, m, gallery_rows, desc=f"{label}: gallery", **kw)
-        q_res, q_rows = embed_manifest(net, m, query_rows, desc=f"{label}: queries", **kw)
-        for res, rows in ((g_res, g_rows), (q_res, q_rows)):
-            if res.failures:
-                print(describe_failures(res.failures, rows))
-        g_ok = [g_rows[i] for i in g_res.indices]
-        q_ok = [q_rows[i] for i in q_res.indices]
-        metrics = evaluate_embeddings(
-            g_res.embeddings,
-            [r.item_id for r in g_ok],
-            q_res.embeddings,
-            [r.item_id for r in q_ok],
-            [r.candidates for r in q_ok],
-            seed=seed,
+        gdir = out / f"gallery_{n}"
+        if gdir.exists():
+            shutil.rmtree(gdir)
+        gallery = Gallery.create(gdir, net.describe(), model_spec=model if n == 0 else "")
+        enrolled = enroll_manifest(gallery, net, m, gallery_rows, **kw)
+        full = match_manifest(gallery, net, m, rows=plain_rows, **kw)
+        t0 = time.perf_counter()
+        constrained = gallery.search(full.embeddings, k=5, candidates=[cands_of[r.line] for r in full.rows])
+        t_cons = time.perf_counter() - t0
+        for where, why in enrolled.failures + full.failures:
+            print(f"skipped {where}: {why}")
+        metrics = evaluate_matches([r.item_id for r in full.rows], full.matches, constrained, k_label)
+        n_q = len(full.rows)
+        metrics.update(
+            items=len(gallery.item_ids),
+            queries=n_q,
+            chance_top1=1.0 / max(1, len(gallery.item_ids)),
+            images_per_second=n_q / full.seconds_embed if full.seconds_embed else float("nan"),
+            search_ms_per_query=1000 * full.seconds_match / max(1, n_q),
+            constrained_ms_per_query=1000 * t_cons / max(1, n_q),
+            input_size=net.preprocess.input_size,
+            fingerprint=net.fingerprint,
+            skipped_images=len(enrolled.failures) + len(full.failures),
+            gallery=str(gdir),
         )
-        n_img = len(g_res.indices) + len(q_res.indices)
-        metrics["images_per_second"] = n_img / (g_res.seconds + q_res.seconds)
-        metrics["input_size"] = net.preprocess.input_size
-        metrics["fingerprint"] = net.fingerprint
-        metrics["skipped_images"] = len(g_res.failures) + len(q_res.failures)
         results["models"][label] = metrics
     results["generate_seconds"] = gen_seconds
     results["total_seconds"] = time.perf_counter() - t_start

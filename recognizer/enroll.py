@@ -208,6 +208,7 @@ class MatchReport:
     failures: list[tuple[str, str]]
     seconds_embed: float
     seconds_match: float
+    embeddings: np.ndarray  # one row per entry of ``rows``
 
     def accuracy(self) -> dict[str, float]:
         labelled = [(r, m) for r, m in zip(self.rows, self.matches, strict=True) if r.item_id]
@@ -288,7 +289,7 @@ def match_manifest(
     t0 = time.perf_counter()
     matches = gallery.search(res.embeddings, k=k, candidates=[c for _, c in ok]) if ok else []
     t_match = time.perf_counter() - t0
-    return MatchReport([r for r, _ in ok], matches, failures, res.seconds, t_match)
+    return MatchReport([r for r, _ in ok], matches, failures, res.seconds, t_match, res.embeddings)
 
 
 def write_predictions(path: str | os.PathLike, report: MatchReport) -> Path:

@@ -23,7 +23,8 @@ IDSelectors and cannot remove ids) is only used for brute-force scoring of that 
 
 * Full search, small galleries: exact inner products, item score = max over its block.
 * Full search, large galleries (``ann_threshold`` vectors and up): an IVF index whose
-  ``nprobe`` is tuned at build time until recall@10 against exact search is >= 0.99.
+  ``nprobe`` is tuned at build time until recall@10 against exact search is >= 0.995
+  on tuning queries (so that fresh queries keep >= 0.99).
 * Candidate-constrained search: only the candidates' blocks are scored, a few small
   matrix products, never a scan of the index.
 """
@@ -141,7 +142,7 @@ class ItemInfo:
 def normalize_rows(x: np.ndarray) -> np.ndarray:
     """L2-normalise rows as float32 (zero rows stay zero)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    n = np.linalg.norm(x, axis=1, keepdims=True)
+    n = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
     return x / np.maximum(n, 1e-12)
 
 
@@ -172,17 +173,22 @@ def decide(items: Sequence[str], scores: np.ndarray, k: int, threshold: float, m
         if n == 0:
             out.append(Match(None, float("nan"), float("nan"), False, ()))
             continue
-        top = np.argpartition(-row, kk - 1)[:kk] if kk < n else np.arange(n)
-        top = top[np.argsort(-row[top], kind="stable")]
-        best = float(row[top[0]])
-        gap = best - float(row[top[1]]) if len(top) > 1 else math.inf
+        if n <= 64:  # a candidate set: plain Python sorting beats numpy's call overhead
+            vals = row.tolist()
+            top = sorted(range(n), key=vals.__getitem__, reverse=True)[:kk]
+        else:
+            part = np.argpartition(-row, kk - 1)[:kk] if kk < n else np.arange(n)
+            top = part[np.argsort(-row[part], kind="stable")].tolist()
+            vals = {i: float(row[i]) for i in top}
+        best = vals[top[0]]
+        gap = best - vals[top[1]] if len(top) > 1 else math.inf
         out.append(
             Match(
                 items[top[0]],
                 best,
                 gap,
                 bool(best >= threshold and gap >= margin),
-                tuple((items[i], float(row[i])) for i in top[:k]),
+                tuple((items[i], vals[i]) for i in top[:k]),
             )
         )
     return out
@@ -343,23 +349,24 @@ class Gallery:
                     raise
                 time.sleep(0.05 * (attempt + 1))
 
-    def _load_once(self) -> None:
-        import faiss
-
+    def _read_db(
+        self, with_vectors: bool
+    ) -> tuple[dict[str, str], dict[str, tuple[str, dict]], list[tuple[int, str]]]:
+        """One read snapshot of meta, items and (optionally) the vector rows."""
         try:
             conn = self._connect()
         except sqlite3.Error as e:
             raise GalleryCorruptError(f"{self.root / DB_FILE}: cannot open ({e})") from None
         try:
-            conn.execute("BEGIN")  # one read snapshot for everything below
+            conn.execute("BEGIN")
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-            rows = conn.execute("SELECT vid, item_id FROM vectors ORDER BY item_id, vid").fetchall()
             items = {
                 r[0]: (r[1], json.loads(r[2]))
                 for r in conn.execute("SELECT item_id, name, attributes FROM items")
             }
+            rows = conn.execute("SELECT vid, item_id FROM vectors").fetchall() if with_vectors else []
             conn.execute("COMMIT")
-        except sqlite3.DatabaseError as e:
+        except (sqlite3.DatabaseError, json.JSONDecodeError) as e:
             raise GalleryCorruptError(f"{self.root / DB_FILE}: unreadable ({e})") from None
         finally:
             conn.close()
@@ -368,11 +375,16 @@ class Gallery:
                 raise GalleryError(
                     f"{self.root}: gallery format {meta['format_version']}, this code reads {FORMAT_VERSION}"
                 )
-            self.meta = meta
-            self.generation = int(meta["generation"])
-            self.embedding_dim = int(meta["embedding_dim"])
+            int(meta["generation"]), int(meta["embedding_dim"]), meta["index_file"]
         except KeyError as e:
             raise GalleryCorruptError(f"{self.root / DB_FILE}: meta lacks {e}") from None
+        return meta, items, rows
+
+    def _load_once(self) -> None:
+        import faiss
+
+        meta, items, rows = self._read_db(with_vectors=True)
+        dim = int(meta["embedding_dim"])
         index_path = self.root / meta["index_file"]
         if not index_path.exists():
             raise FileNotFoundError(index_path)
@@ -382,33 +394,59 @@ class Gallery:
             raise GalleryCorruptError(
                 f"{index_path}: unreadable FAISS index ({str(e).splitlines()[0]})"
             ) from None
-        if not isinstance(index, faiss.IndexIDMap2) or index.d != self.embedding_dim:
-            raise GalleryCorruptError(f"{index_path}: not an IndexIDMap2 of dimension {self.embedding_dim}")
+        if not isinstance(index, faiss.IndexIDMap2) or index.d != dim:
+            raise GalleryCorruptError(f"{index_path}: not an IndexIDMap2 of dimension {dim}")
         ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+        n = index.ntotal
+        flat = faiss.downcast_index(index.index)
+        # a zero-copy view of the flat index's storage; _install copies it once, in item order
         vecs = (
-            faiss.downcast_index(index.index).reconstruct_n(0, index.ntotal)
-            if index.ntotal
-            else np.zeros((0, self.embedding_dim), np.float32)
+            faiss.rev_swig_ptr(flat.get_xb(), n * dim).reshape(n, dim)
+            if n
+            else np.zeros((0, dim), np.float32)
         )
-        vids = np.array([r[0] for r in rows], dtype=np.int64)
-        if len(ids) != len(vids) or not np.array_equal(np.sort(ids), np.sort(vids)):
+        db_vids = np.array([r[0] for r in rows], dtype=np.int64)
+        if len(ids) != len(db_vids) or not np.array_equal(np.sort(ids), np.sort(db_vids)):
             raise GalleryCorruptError(
-                f"{self.root}: index {index_path.name} holds {len(ids)} vectors but the metadata lists {len(vids)}"
+                f"{self.root}: index {index_path.name} holds {len(ids)} vectors but the metadata lists {len(db_vids)}"
             )
-        pos = {int(v): i for i, v in enumerate(ids)}
-        order = np.array([pos[int(v)] for v in vids], dtype=np.int64)
-        self._vids = vids  # item-sorted
-        self._vecs = np.ascontiguousarray(vecs[order] if len(order) else vecs, dtype=np.float32)
-        row_items = [r[1] for r in rows]
+        item_of_vid = dict(rows)
+        names = sorted(items)
+        code = {it: j for j, it in enumerate(names)}
+        try:
+            codes = np.array([code[item_of_vid[int(v)]] for v in ids], dtype=np.int64)
+        except KeyError as e:
+            raise GalleryCorruptError(
+                f"{self.root}: a vector belongs to item {e}, which the item table lacks"
+            ) from None
+        self._install(meta, items, ids, codes, names, vecs)
+        del index
+
+    def _install(
+        self,
+        meta: dict[str, str],
+        items: dict[str, tuple[str, dict]],
+        vids: np.ndarray,
+        codes: np.ndarray,
+        names: Sequence[str],
+        vecs: np.ndarray,
+    ) -> None:
+        """Set the in-memory state: vectors sorted by (item, vid) so each item is one contiguous block."""
+        self.meta = meta
+        self.generation = int(meta["generation"])
+        self.embedding_dim = int(meta["embedding_dim"])
         self._items = sorted(items)
         self._item_info = items
-        col = {it: j for j, it in enumerate(self._items)}
-        self._row_item = np.array([col[i] for i in row_items], dtype=np.int64)
-        counts = (
-            np.bincount(self._row_item, minlength=len(self._items))
-            if len(rows)
-            else np.zeros(len(self._items), np.int64)
-        )
+        self._col = {it: j for j, it in enumerate(self._items)}
+        remap = np.array([self._col.get(nm, -1) for nm in names], dtype=np.int64)
+        row_item = remap[codes] if len(codes) else codes
+        if (row_item < 0).any():
+            raise GalleryCorruptError(f"{self.root}: vectors of an item missing from the item table")
+        order = np.lexsort((vids, row_item))
+        self._vids = vids[order]
+        self._row_item = row_item[order]
+        self._vecs = np.ascontiguousarray(vecs[order], dtype=np.float32)
+        counts = np.bincount(self._row_item, minlength=len(self._items)).astype(np.int64)
         if (counts == 0).any():
             empty = [self._items[j] for j in np.nonzero(counts == 0)[0][:5]]
             raise GalleryCorruptError(f"{self.root}: item(s) without vectors: {empty}")
@@ -416,20 +454,21 @@ class Gallery:
         self._starts = (
             np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64) if len(counts) else counts
         )
-        self._col = col
         self._protos = None
         self._ann = None
+        self._block_cache: dict[tuple[int, bytes], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def refresh(self) -> bool:
-        """Reload if another process committed a new generation; returns True when it did."""
-        conn = self._connect()
-        try:
-            gen = int(conn.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0])
-        finally:
-            conn.close()
-        if gen != self.generation:
+        """Catch up with other processes' commits; returns True when the vectors changed.
+
+        Metadata (threshold, names) is re-read every time; the vectors only when a new
+        generation was committed.
+        """
+        meta, items, _ = self._read_db(with_vectors=False)
+        if int(meta["generation"]) != self.generation:
             self._load()
             return True
+        self.meta, self._item_info = meta, items
         return False
 
     # ------------------------------------------------------------------ properties
@@ -526,7 +565,7 @@ class Gallery:
     @contextlib.contextmanager
     def _writer(self) -> Iterator[sqlite3.Connection]:
         with _flock(self.root / LOCK_FILE, self.lock_timeout):
-            self._load()  # start from the latest committed state
+            self.refresh()  # start from the latest committed state
             self._remove_orphans()
             conn = self._connect()
             try:
@@ -546,9 +585,20 @@ class Gallery:
                     p.unlink()
 
     def _commit(
-        self, conn: sqlite3.Connection, vids: np.ndarray, vecs: np.ndarray, sql: list[tuple[str, Sequence]]
+        self,
+        conn: sqlite3.Connection,
+        vids: np.ndarray,
+        vecs: np.ndarray,
+        codes: np.ndarray,
+        names: Sequence[str],
+        items: dict[str, tuple[str, dict]],
+        sql: list[tuple[str, Sequence]],
     ) -> None:
-        """Write the full new vector set as the next generation, then switch to it in one transaction."""
+        """Write the full new vector set as the next generation, then switch to it in one transaction.
+
+        ``codes`` index ``names`` (one item per vector); ``items`` is the new item table. On
+        success the in-memory state becomes the new generation without re-reading the files.
+        """
         import faiss
 
         new_gen = self.generation + 1
@@ -557,6 +607,7 @@ class Gallery:
         if len(vids):
             index.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), vids.astype(np.int64))
         _write_index(index, self.root / name)
+        del index
         old = self.meta["index_file"]
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -575,7 +626,8 @@ class Gallery:
             raise
         with contextlib.suppress(FileNotFoundError):
             (self.root / old).unlink()
-        self._load()
+        meta = dict(self.meta, generation=str(new_gen), index_file=name)
+        self._install(meta, items, vids, codes, names, vecs)
 
     def add(
         self,
@@ -649,9 +701,20 @@ class Gallery:
                     ],
                 )
             )
-            vids = np.concatenate([self._vids, new_vids])
-            vecs = np.concatenate([self._vecs, emb[keep]])
-            self._commit(conn, vids, vecs, sql)
+            names_all = self._items + new_items
+            code = {it: j for j, it in enumerate(names_all)}
+            new_codes = np.array([code[item_ids[i]] for i in keep], dtype=np.int64)
+            items_all = dict(self._item_info)
+            items_all.update({it: (names.get(it, it), {}) for it in new_items})
+            self._commit(
+                conn,
+                np.concatenate([self._vids, new_vids]),
+                np.concatenate([self._vecs, emb[keep]]),
+                np.concatenate([self._row_item, new_codes]),
+                names_all,
+                items_all,
+                sql,
+            )
             result.added = len(keep)
             result.new_items = new_items
         return result
@@ -662,10 +725,14 @@ class Gallery:
             j = self._item_col(item_id)
             keep = self._row_item != j
             n = int((~keep).sum())
+            items = {k: v for k, v in self._item_info.items() if k != item_id}
             self._commit(
                 conn,
                 self._vids[keep],
                 self._vecs[keep],
+                self._row_item[keep],
+                self._items,
+                items,
                 [
                     ("DELETE FROM vectors WHERE item_id=?", (item_id,)),
                     ("DELETE FROM items WHERE item_id=?", (item_id,)),
@@ -687,7 +754,7 @@ class Gallery:
                     "UPDATE items SET attributes=? WHERE item_id=?", (json.dumps(attributes), item_id)
                 )
             conn.execute("COMMIT")
-        self._load()
+        self.refresh()
 
     def set_threshold(self, threshold: float | None = None, margin: float | None = None) -> None:
         """Store the open-set decision rule (cosine threshold and margin over the second item)."""
@@ -713,7 +780,7 @@ class Gallery:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany("UPDATE meta SET value=? WHERE key=?", [(v, k) for k, v in updates.items()])
             conn.execute("COMMIT")
-        self._load()
+        self.refresh()
 
     def verify(self) -> dict[str, int]:
         """Re-read everything from disk and check index and metadata agree; returns counts."""
@@ -811,24 +878,50 @@ class Gallery:
         if self.score_mode != "max":  # re-score the shortlist exactly with the chosen mode
             for qi in range(len(q)):
                 short = np.unique(cols[rows == qi])
-                scores[qi, short] = self._candidate_scores(q[qi : qi + 1], short)[0]
+                _, exact = self._candidate_scores(q[qi : qi + 1], tuple(self._items[c] for c in short))
+                scores[qi, short] = exact[0]
         return self._items, scores
 
-    def _candidate_scores(self, q: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """``Q x len(cols)`` item scores for just these items: one small product per item block."""
-        if self.score_mode == "prototype":
-            return q @ self._prototypes()[cols].T
-        out = np.empty((len(q), len(cols)), np.float32)
-        for j, c in enumerate(cols):
-            s, n = self._starts[c], self._counts[c]
-            sims = q @ self._vecs[s : s + n].T
-            if self.score_mode == "max":
-                out[:, j] = sims.max(axis=1)
+    def _candidate_set(self, cands: tuple[str, ...]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+        """A candidate set, validated and gathered once: ``(items, vectors, block starts, counts)``.
+
+        A camera matches many frames against the same few items: gathering the
+        candidates' vectors into one matrix once per set makes each query a single small
+        matrix product, without touching the rest of the gallery. Cached per generation.
+        For ``prototype`` scoring the matrix holds one prototype per item.
+        """
+        key = (self.generation, self.score_mode, cands)
+        hit = self._block_cache.get(key)
+        if hit is None:
+            missing = [c for c in cands if c not in self._col]
+            if missing:
+                raise UnknownItemError("candidate " + self._unknown_message(missing))
+            items = list(dict.fromkeys(cands))
+            if not items:
+                raise ValueError("an empty candidate set (give None to search the whole gallery)")
+            cols = np.array([self._col[c] for c in items], dtype=np.int64)
+            if self.score_mode == "prototype":
+                mat = np.ascontiguousarray(self._prototypes()[cols])
+                counts = np.ones(len(cols), np.int64)
             else:
-                out[:, j] = block_scores(sims, np.zeros(1, np.int64), np.array([n]), "mean_topn", self.top_n)[
-                    :, 0
-                ]
-        return out
+                counts = self._counts[cols]
+                rows = np.concatenate(
+                    [np.arange(self._starts[c], self._starts[c] + self._counts[c]) for c in cols]
+                )
+                mat = np.ascontiguousarray(self._vecs[rows])
+            starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+            hit = (items, mat, starts, counts)
+            if len(self._block_cache) >= 64:
+                self._block_cache.pop(next(iter(self._block_cache)))
+            self._block_cache[key] = hit
+        return hit
+
+    def _candidate_scores(self, q: np.ndarray, cands: tuple[str, ...]) -> tuple[list[str], np.ndarray]:
+        """Item scores for just the candidates: their gathered vectors only, never a scan."""
+        items, mat, starts, counts = self._candidate_set(cands)
+        sims = q @ mat.T
+        mode = "max" if self.score_mode == "prototype" else self.score_mode
+        return items, block_scores(sims, starts, counts, mode, self.top_n)
 
     def search(
         self,
@@ -839,7 +932,7 @@ class Gallery:
         threshold: float | None = None,
         margin: float | None = None,
     ) -> list[Match]:
-        """Match L2-normalised query embeddings (``Q x D``).
+        """Match query embeddings (``Q x D``; normalised here).
 
         ``candidates``: ``None`` searches the whole gallery; a list of item ids constrains
         every query to them; a list with one entry (list or None) per query constrains each
@@ -848,50 +941,38 @@ class Gallery:
         q = np.asarray(queries, dtype=np.float32)
         if q.ndim == 1:
             q = q[None]
-        if q.shape[1] != self.embedding_dim:
+        if q.ndim != 2 or q.shape[1] != self.embedding_dim:
             raise GalleryModelMismatchError(
-                f"{self.root}: queries have dimension {q.shape[1]}, the gallery holds dimension {self.embedding_dim}"
+                f"{self.root}: queries have shape {q.shape}, the gallery holds dimension {self.embedding_dim}"
             )
         q = normalize_rows(q)
         thr = self.threshold if threshold is None else threshold
         mar = self.margin if margin is None else margin
-        per_query = self._per_query_candidates(candidates, len(q))
-        out: list[Match | None] = [None] * len(q)
+        if isinstance(candidates, str):
+            raise TypeError(f"candidates must be a list of item ids, not the string {candidates!r}")
+        if candidates is not None and all(isinstance(c, str) for c in candidates):
+            items, scores = self._candidate_scores(q, tuple(candidates))  # one set for all: the fast path
+            return decide(items, scores, k, thr, mar)
+        per_query = [None] * len(q) if candidates is None else list(candidates)
+        if len(per_query) != len(q):
+            raise ValueError(f"{len(per_query)} candidate lists for {len(q)} queries")
         groups: dict[tuple[str, ...] | None, list[int]] = {}
         for i, c in enumerate(per_query):
-            groups.setdefault(c, []).append(i)
+            if isinstance(c, str):
+                raise TypeError(f"candidates[{i}] must be a list of item ids or None, not the string {c!r}")
+            groups.setdefault(None if c is None else tuple(c), []).append(i)
+        out: list[Match | None] = [None] * len(q)
         for cands, idx in groups.items():
             sub = q[idx]
-            if cands is None:
-                if len(self) >= self.ann_threshold:
-                    items, scores = self._ann_item_scores(sub, k)
-                else:
-                    items, scores = self._items, self._all_item_scores(sub)
+            if cands is not None:
+                items, scores = self._candidate_scores(sub, cands)
+            elif len(self) >= self.ann_threshold:
+                items, scores = self._ann_item_scores(sub, k)
             else:
-                cols = np.array([self._col[c] for c in cands], dtype=np.int64)
-                items, scores = list(cands), self._candidate_scores(sub, cols)
+                items, scores = self._items, self._all_item_scores(sub)
             for i, m in zip(idx, decide(items, scores, k, thr, mar), strict=True):
                 out[i] = m
         return out  # type: ignore[return-value]
-
-    def _per_query_candidates(self, candidates, n: int) -> list[tuple[str, ...] | None]:
-        if candidates is None:
-            return [None] * n
-        if isinstance(candidates, str):
-            raise TypeError(f"candidates must be a list of item ids, not the string {candidates!r}")
-        cands = list(candidates)
-        if cands and all(isinstance(c, str) for c in cands):
-            per = [tuple(dict.fromkeys(cands))] * n
-        else:
-            if len(cands) != n:
-                raise ValueError(f"{len(cands)} candidate lists for {n} queries")
-            per = [None if c is None else tuple(dict.fromkeys(c)) for c in cands]
-        unknown = sorted({c for p in per if p for c in p if c not in self._col})
-        if unknown:
-            raise UnknownItemError("candidate " + self._unknown_message(unknown))
-        if any(p is not None and not p for p in per):
-            raise ValueError("an empty candidate set (give None to search the whole gallery)")
-        return per
 
     def match(
         self,

@@ -1,0 +1,210 @@
+"""Benchmarks: every figure is measured next to its baseline in the same run.
+
+Timings on a shared 2-core machine are noisy, so results are reported as medians of
+repeats and as ratios against a baseline measured side by side. Suites write into one
+JSON document; :func:`markdown_table` renders it.
+
+Suites:
+
+* ``gallery``: a gallery of ``n_items x per_item`` synthetic clustered vectors (default
+  10,000 x 100 = 1M x 256): add throughput, open time, exact full search at 1 and 64
+  queries (against FAISS's own brute force), 10-candidate constrained search against the
+  full scan, and IVF speed and recall against exact search.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def clustered_vectors(n_items: int, per_item: int, dim: int, seed: int, cosine: float = 0.8) -> np.ndarray:
+    """``n_items*per_item x dim`` unit vectors, ``per_item`` around each item centre (like photos of one item)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_items, dim), dtype=np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    sigma = np.sqrt((1.0 / cosine**2 - 1.0) / dim)
+    out = np.repeat(centres, per_item, axis=0)
+    for i in range(0, len(out), 100_000):  # in place, in chunks, to bound memory
+        blk = out[i : i + 100_000]
+        blk += rng.standard_normal(blk.shape, dtype=np.float32) * np.float32(sigma)
+        blk /= np.linalg.norm(blk, axis=1, keepdims=True)
+    return out
+
+
+def bench_gallery(
+    n_items: int = 10_000, per_item: int = 100, dim: int = 256, seed: int = 0, workdir: str | None = None
+) -> dict[str, Any]:
+    """The gallery suite (see the module docstring)."""
+    import faiss
+
+    from .ann import perturbed_queries, recall_at_k
+    from .gallery import Gallery
+
+    res: dict[str, Any] = {
+        "n_items": n_items,
+        "per_item": per_item,
+        "dim": dim,
+        "vectors": n_items * per_item,
+    }
+    vecs = clustered_vectors(n_items, per_item, dim, seed)
+    items = [f"item{i:05d}" for i in range(n_items) for _ in range(per_item)]
+    hashes = [str(i) for i in range(len(vecs))]
+    tmp = Path(tempfile.mkdtemp(dir=workdir, prefix="bench_gallery_"))
+    try:
+        desc = {
+            "fingerprint": "bench",
+            "embedding_dim": dim,
+            "preprocess": {"input_size": 224},
+            "config": {"backbone": "bench"},
+        }
+        g = Gallery.create(tmp / "g", desc, ann_threshold=10**12)
+        t0 = time.perf_counter()
+        g.add(items, vecs, hashes=hashes)
+        res["add_seconds"] = time.perf_counter() - t0
+        res["add_vectors_per_second"] = len(vecs) / res["add_seconds"]
+        t0 = time.perf_counter()
+        new = clustered_vectors(1, 10, dim, seed + 1)
+        g.add(["new-item"] * 10, new, hashes=[f"new{i}" for i in range(10)])
+        res["enroll_one_item_seconds"] = time.perf_counter() - t0  # 10 photos into the full gallery
+        t0 = time.perf_counter()
+        g = Gallery.open(tmp / "g", ann_threshold=10**12)
+        res["open_seconds"] = time.perf_counter() - t0
+        res["index_file_mb"] = (tmp / "g" / g.meta["index_file"]).stat().st_size / 2**20
+
+        rng = np.random.default_rng(seed + 2)
+        q64 = perturbed_queries(vecs, 64, rng)
+        q1 = q64[:1]
+        reps = 5 if len(vecs) >= 200_000 else 20
+        # exact full search, item level (the gallery) vs. FAISS brute-force kNN on the same matrix
+        res["exact_ms_per_query_1"] = 1000 * _median_time(lambda: g.search(q1, k=10), reps)
+        res["exact_ms_per_query_64"] = (
+            1000 * _median_time(lambda: g.search(q64, k=10), max(2, reps // 2)) / 64
+        )
+        old = faiss.cvar.distance_compute_blas_threshold
+        res["faiss_knn_ms_per_query_1"] = 1000 * _median_time(
+            lambda: faiss.knn(q1, g._vecs, 100, metric=faiss.METRIC_INNER_PRODUCT), reps
+        )
+        faiss.cvar.distance_compute_blas_threshold = 4
+        try:
+            res["faiss_knn_ms_per_query_64"] = (
+                1000
+                * _median_time(
+                    lambda: faiss.knn(q64, g._vecs, 100, metric=faiss.METRIC_INNER_PRODUCT), max(2, reps // 2)
+                )
+                / 64
+            )
+        finally:
+            faiss.cvar.distance_compute_blas_threshold = old
+        # constrained to 10 candidates (the truth among them), one query at a time
+        cands = [g.item_ids[int(i)] for i in rng.choice(n_items, 10, replace=False)]
+        cons_reps = 2000
+        t0 = time.perf_counter()
+        for i in range(cons_reps):
+            g.search(q64[i % 64 : i % 64 + 1], k=5, candidates=cands)
+        res["constrained10_ms_per_query"] = 1000 * (time.perf_counter() - t0) / cons_reps
+        t0 = time.perf_counter()
+        for _ in range(20):
+            g.search(q64, k=5, candidates=cands)
+        res["constrained10_ms_per_query_batch64"] = 1000 * (time.perf_counter() - t0) / (20 * 64)
+        res["constrained_speedup_vs_full_scan"] = (
+            res["exact_ms_per_query_1"] / res["constrained10_ms_per_query"]
+        )
+        exact_items = [m.item_id for m in g.search(q64, k=10)]
+
+        # IVF above the threshold: build, tuned nprobe, recall and speed
+        g.ann_threshold = 1
+        t0 = time.perf_counter()
+        _, index, nprobe, recall = g.ann_index()
+        res["ivf_build_seconds"] = time.perf_counter() - t0
+        res["ivf_nlist"] = int(index.nlist)
+        res["ivf_nprobe"] = nprobe
+        res["ivf_recall_at_10_tuning"] = recall
+        q_eval = perturbed_queries(vecs, 300, np.random.default_rng(seed + 3))
+        _, exact_ids = faiss.knn(q_eval, g._vecs, 10, metric=faiss.METRIC_INNER_PRODUCT)
+        _, ivf_ids = index.search(q_eval, 10)
+        res["ivf_recall_at_10_fresh_queries"] = recall_at_k(ivf_ids, exact_ids)
+        res["ivf_ms_per_query_1"] = 1000 * _median_time(lambda: g.search(q1, k=10), reps * 4)
+        res["ivf_ms_per_query_64"] = 1000 * _median_time(lambda: g.search(q64, k=10), reps) / 64
+        ivf_items = [m.item_id for m in g.search(q64, k=10)]
+        res["ivf_top1_item_agreement_with_exact"] = float(
+            np.mean([a == b for a, b in zip(ivf_items, exact_items, strict=True)])
+        )
+        res["ivf_speedup_vs_exact_1"] = res["exact_ms_per_query_1"] / res["ivf_ms_per_query_1"]
+        res["peak_rss_mb"] = peak_rss_mb()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return res
+
+
+SUITES: dict[str, Callable[..., dict[str, Any]]] = {"gallery": bench_gallery}
+QUICK_ARGS: dict[str, dict[str, Any]] = {"gallery": {"n_items": 1000, "per_item": 20}}
+
+
+def run_bench(
+    suites: list[str], out_dir: str | os.PathLike, *, quick: bool = False, **overrides: Any
+) -> dict[str, Any]:
+    """Run the named suites; writes ``bench.json`` and ``bench.md`` into ``out_dir``."""
+    unknown = [s for s in suites if s not in SUITES]
+    if unknown:
+        raise ValueError(f"unknown suite(s) {unknown}; choose from {', '.join(SUITES)}")
+    import torch
+
+    doc: dict[str, Any] = {
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch_threads": torch.get_num_threads(),
+        },
+        "quick": quick,
+        "suites": {},
+    }
+    for name in suites:
+        kwargs = dict(QUICK_ARGS.get(name, {})) if quick else {}
+        kwargs.update(overrides.get(name, {}))
+        t0 = time.perf_counter()
+        doc["suites"][name] = SUITES[name](**kwargs)
+        doc["suites"][name]["suite_seconds"] = time.perf_counter() - t0
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(doc, indent=2))
+    (out / "bench.md").write_text(markdown_table(doc))
+    return doc
+
+
+def markdown_table(doc: dict[str, Any]) -> str:
+    """One table per suite: figure, value."""
+    lines = [f"Machine: {doc['machine']['cpu_count']} CPUs, {doc['machine']['platform']}", ""]
+    for name, res in doc["suites"].items():
+        lines += [f"## {name}", "", "| figure | value |", "|---|---|"]
+        for k, v in res.items():
+            lines.append(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |")
+        lines.append("")
+    return "\n".join(lines)

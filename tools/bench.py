@@ -1,0 +1,37 @@
+#!/usr/bin/env python
+"""Benchmarks with baselines measured in the same run; writes bench.json and bench.md.
+
+python tools/bench.py --out bench_out                 # full size (gallery: 10,000 items x 100 = 1M x 256)
+python tools/bench.py --out bench_out --quick         # small sizes, for a smoke run
+python tools/bench.py --suite gallery --items 2000 --per-item 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from recognizer.bench import SUITES, run_bench
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="bench_out")
+    ap.add_argument("--suite", action="append", choices=list(SUITES), help="suite(s) to run (default: all)")
+    ap.add_argument("--quick", action="store_true", help="small sizes")
+    ap.add_argument("--items", type=int, help="gallery suite: number of items")
+    ap.add_argument("--per-item", type=int, help="gallery suite: vectors per item")
+    ap.add_argument("--dim", type=int, help="gallery suite: embedding dimension")
+    args = ap.parse_args(argv)
+    gallery_over = {
+        k: v for k, v in (("n_items", args.items), ("per_item", args.per_item), ("dim", args.dim)) if v
+    }
+    doc = run_bench(args.suite or list(SUITES), args.out, quick=args.quick, gallery=gallery_over)
+    from recognizer.bench import markdown_table
+
+    print(markdown_table(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
