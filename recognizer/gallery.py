@@ -142,6 +142,9 @@ class ItemInfo:
 def normalize_rows(x: np.ndarray) -> np.ndarray:
     """L2-normalise rows as float32 (zero rows stay zero)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.shape[0] == 1:  # the camera's case: skip the batched machinery
+        n = float(np.sqrt(x[0] @ x[0]))
+        return x / max(n, 1e-12)
     n = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
     return x / np.maximum(n, 1e-12)
 
