@@ -181,7 +181,7 @@ def _enroll(gallery, model, entries, batch_size, num_workers, chunk, progress) -
             added = gallery.add(
                 [e[1] for e in ok],
                 res.embeddings,
-                paths=[str(e[2]) for e in ok],
+                paths=[os.path.abspath(e[2]) for e in ok],
                 hashes=[e[4] for e in ok],
                 fingerprint=model.fingerprint,
             )

@@ -526,6 +526,16 @@ class Gallery:
         s, c = self._starts[j], self._counts[j]
         return self._vecs[s : s + c]
 
+    def exact_item_scores(self, queries: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """Exact ``Q x I`` item scores over the whole gallery, whatever its size (for evaluation)."""
+        return list(self._items), self._all_item_scores(normalize_rows(np.asarray(queries, np.float32)))
+
+    def vector_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """All vectors (read-only view, item-sorted) and the item column of each (for retrieval metrics)."""
+        v = self._vecs.view()
+        v.flags.writeable = False
+        return v, self._row_item.copy()
+
     def records(self, item_id: str | None = None) -> list[dict[str, Any]]:
         """Per-vector metadata rows (vid, item_id, path, sha256, added)."""
         conn = self._connect()
