@@ -172,6 +172,8 @@ def embed_arrays(
     """Embed in-memory RGB uint8 arrays (camera crops) as one batch -> ``N x D``."""
     if not images:
         return np.zeros((0, model.embedding_dim), np.float32)
+    if model.training:  # BatchNorm in train mode would use (and update) batch statistics
+        model.eval()
     batch = torch.stack([model.preprocess.to_tensor(im) for im in images])
     return forward_batch(model, batch, channels_last=channels_last)
 

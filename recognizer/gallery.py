@@ -530,6 +530,14 @@ class Gallery:
         """Exact ``Q x I`` item scores over the whole gallery, whatever its size (for evaluation)."""
         return list(self._items), self._all_item_scores(normalize_rows(np.asarray(queries, np.float32)))
 
+    def candidate_scores(
+        self, queries: np.ndarray, candidates: Sequence[str]
+    ) -> tuple[list[str], np.ndarray]:
+        """``(items, Q x len(items))`` scores against just these items (deduplicated, in order)."""
+        if isinstance(candidates, str):
+            raise TypeError(f"candidates must be a list of item ids, not the string {candidates!r}")
+        return self._candidate_scores(normalize_rows(np.asarray(queries, np.float32)), tuple(candidates))
+
     def vector_table(self) -> tuple[np.ndarray, np.ndarray]:
         """All vectors (read-only view, item-sorted) and the item column of each (for retrieval metrics)."""
         v = self._vecs.view()

@@ -201,12 +201,15 @@ def load_model(spec: str | os.PathLike) -> EmbeddingModel:
     """A saved model folder (``model.json`` inside) or a backbone name such as ``lite0``.
 
     A backbone name gives the off-the-shelf model: pretrained backbone, average pooling,
-    no head.
+    no head; ``name@SIZE`` (e.g. ``lite0@160``) sets its input size.
     """
     p = Path(spec)
     if (p / CONFIG_FILE).is_file() or p.is_dir():
         return load_model_dir(p)
-    return build_model({"backbone": str(spec)})
+    name, _, size = str(spec).partition("@")
+    if size and not size.isdigit():
+        raise ValueError(f"model spec {spec!r}: the part after '@' must be an input size in pixels")
+    return build_model({"backbone": name, **({"input_size": int(size)} if size else {})}).eval()
 
 
 def load_model_dir(folder: str | os.PathLike) -> EmbeddingModel:

@@ -57,3 +57,19 @@ def test_inference_does_not_track_gradients(tiny_model):
     out = embed_arrays(tiny_model, [np.zeros((10, 10, 3), np.uint8)])
     assert isinstance(out, np.ndarray) and out.dtype == np.float32
     assert torch.is_grad_enabled()
+
+
+def test_embedding_never_changes_the_weights():
+    """A model left in train mode must not update BatchNorm statistics while embedding."""
+    import torch
+
+    from recognizer.model import build_model
+
+    torch.manual_seed(0)
+    m = build_model({"backbone": "lite0", "input_size": 64}, pretrained=False)
+    m.train()
+    fp = m.describe()["fingerprint"]
+    a = embed_arrays(m, [np.full((20, 20, 3), 200, np.uint8), np.zeros((20, 20, 3), np.uint8)])
+    b = embed_arrays(m, [np.full((20, 20, 3), 200, np.uint8)])
+    assert m.describe()["fingerprint"] == fp
+    np.testing.assert_allclose(a[0], b[0], atol=1e-5)  # no batch statistics: same image, same vector

@@ -1,0 +1,77 @@
+#!/usr/bin/env python
+"""Real-time matching of camera frames against a constrained candidate set.
+
+  python tools/camera.py --gallery G --source 0 --candidates A,B,C            # window if a display exists
+  python tools/camera.py --gallery G --source video.mp4 --candidates-file table.txt \
+         --headless --out annotated.mp4 --jsonl events.jsonl [--fast]
+  python tools/camera.py --gallery G --source rtsp://host/stream --roi 100,50,400,300 --proposals roi
+
+Proposals: full (whole frame), roi (--roi), grid (--grid 2x2 of the frame or ROI),
+foreground (moving/new objects over a static background; default). Without candidates
+every gallery item is a candidate. Ctrl-C or q stops a live source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from recognizer.camera import PROPOSALS, CameraConfig, latency_table, run_camera
+from recognizer.enroll import load_gallery_model
+from recognizer.gallery import Gallery, GalleryError
+from recognizer.model import ModelLoadError
+
+
+def _ints(text: str, n: int, sep: str, what: str) -> tuple[int, ...]:
+    parts = text.split(sep)
+    if len(parts) != n or not all(p.strip().lstrip("-").isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"{what} must be {n} integers joined by {sep!r}, got {text!r}")
+    return tuple(int(p) for p in parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gallery", required=True)
+    ap.add_argument("--source", required=True, help="camera index (0), video file, or stream URL")
+    cand = ap.add_mutually_exclusive_group()
+    cand.add_argument("--candidates", help="comma-separated item ids on the table")
+    cand.add_argument("--candidates-file", help="file with one item id per line")
+    ap.add_argument("--proposals", choices=PROPOSALS, default="foreground")
+    ap.add_argument("--roi", type=lambda s: _ints(s, 4, ",", "--roi"), help="x,y,w,h")
+    ap.add_argument("--grid", type=lambda s: _ints(s, 2, "x", "--grid"), default=(2, 2), help="ROWSxCOLS")
+    ap.add_argument("--threshold", type=float, help="open-set threshold (default: the gallery's)")
+    ap.add_argument("--headless", action="store_true", help="no window, even where a display exists")
+    ap.add_argument("--out", help="write the annotated video here (mp4)")
+    ap.add_argument("--jsonl", help="write appear/change/leave events here")
+    ap.add_argument(
+        "--fast", action="store_true", help="play a video file as fast as possible (default: its real rate)"
+    )
+    ap.add_argument("--max-frames", type=int)
+    ap.add_argument("--model", help="embed with this model instead of the gallery's own (same fingerprint)")
+    args = ap.parse_args(argv)
+    try:
+        gallery = Gallery.open(args.gallery)
+        model = load_gallery_model(gallery, args.model)
+        if args.candidates_file:
+            with open(args.candidates_file, encoding="utf-8") as f:
+                candidates = [ln.strip() for ln in f if ln.strip()]
+        else:
+            candidates = (
+                [c.strip() for c in args.candidates.split(",") if c.strip()] if args.candidates else None
+            )
+        cfg = CameraConfig(proposals=args.proposals, roi=args.roi, grid=args.grid, threshold=args.threshold)
+        stats = run_camera(
+            gallery, model, args.source, candidates=candidates, cfg=cfg, headless=args.headless, out_video=args.out,
+            jsonl=args.jsonl, realtime=not args.fast, max_frames=args.max_frames,
+        )  # fmt: skip
+    except (GalleryError, ModelLoadError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    print(latency_table(stats))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
