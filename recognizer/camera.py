@@ -46,6 +46,7 @@ class CameraConfig:
     pad: float = 0.08  # context around each box, as a share of its size
     ema: float = 0.5  # weight of the newest frame's scores
     switch_frames: int = 3  # consecutive frames a new label must win before it replaces the old one
+    switch_margin: float = 0.03  # ... and by at least this much over the current label's smoothed score
     leave_frames: int = 8  # frames without a box before a track is dropped
     iou_match: float = 0.25
     threshold: float | None = None  # default: the gallery's
@@ -265,6 +266,7 @@ class LabelTracker:
         self.one_to_one = one_to_one
         self.tracks: list[Track] = []
         self._next_id = 1
+        self._col = {it: j for j, it in enumerate(self.labels)}
 
     def update(self, frame_index: int, t: float, boxes: list[Box], scores: np.ndarray) -> list[Event]:
         """Feed one frame's boxes and their ``len(boxes) x len(labels)`` scores; returns events."""
@@ -310,6 +312,13 @@ class LabelTracker:
             for tr, c in zip(visible, chosen, strict=True):
                 s = float(tr.scores[c])
                 proposal = self.labels[c] if s >= self.threshold else UNKNOWN
+                cur = self._col.get(tr.label)
+                if (
+                    proposal not in (tr.label, UNKNOWN)
+                    and cur is not None
+                    and tr.scores[cur] + cfg.switch_margin > s
+                ):
+                    proposal, s = tr.label, float(tr.scores[cur])  # a challenger must win clearly
                 events += self._hysteresis(tr, proposal, s, frame_index, t)
         return events
 

@@ -151,3 +151,15 @@ def test_real_photos_on_video(tmp_path):
     run_camera(g, model, tmp_path / "v.mp4", candidates=objs, headless=True, realtime=False, frame_log=log)
     acc = label_accuracy(truth, log, fps=10)
     assert acc["accuracy"] >= 0.95, acc
+
+
+def test_a_challenger_within_the_margin_never_switches_the_label():
+    cfg = CameraConfig(proposals="full", ema=1.0, switch_frames=1, switch_margin=0.05)
+    tr = LabelTracker(["a", "b"], cfg, threshold=0.0, one_to_one=False)
+    box = (0, 0, 20, 20)
+    tr.update(0, 0.0, [box], np.array([[0.80, 0.70]]))
+    for f in range(1, 10):  # b edges ahead by 0.02 on every frame: not enough
+        assert tr.update(f, 0.0, [box], np.array([[0.78, 0.80]])) == []
+    assert tr.tracks[0].label == "a"
+    ev = tr.update(10, 0.0, [box], np.array([[0.70, 0.80]]))
+    assert [(e.kind, e.item_id) for e in ev] == [("change", "b")]
