@@ -14,6 +14,7 @@ Suites:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -163,8 +164,117 @@ def bench_gallery(
     return res
 
 
-SUITES: dict[str, Callable[..., dict[str, Any]]] = {"gallery": bench_gallery}
-QUICK_ARGS: dict[str, dict[str, Any]] = {"gallery": {"n_items": 1000, "per_item": 20}}
+QUERY_CONFIGS: dict[str, dict[str, Any]] = {
+    "baseline": {},
+    "aspect_crop": {"query": {"aspect": "crop"}},
+    "zoom_0.6": {"query": {"aspect": "crop", "zoom": 0.6}},
+    "multicrop_mean": {"query": {"multicrop": "grid", "pool": "mean"}},
+    "multicrop_max": {"query": {"multicrop": "grid", "pool": "max"}},
+    "rerank_sift": {"rerank": {"method": "sift"}},
+    "rerank_orb": {"rerank": {"method": "orb"}},
+    "zoom_0.6+rerank_sift": {"query": {"aspect": "crop", "zoom": 0.6}, "rerank": {"method": "sift"}},
+}
+
+
+def bench_query_options(
+    datasets: tuple[str, ...] = ("covers", "grocery_packages"),
+    n_covers: int = 40,
+    query_stride: int = 3,
+    model: str = "lite0",
+    configs: tuple[str, ...] = tuple(QUERY_CONFIGS),
+    workdir: str | None = None,
+    shared_data: str = "../shared/data",
+) -> dict[str, Any]:
+    """Top-1 (whole gallery) and top-1 within each query's candidates, per query option, with ms/query.
+
+    ``covers``: synthetic flat printed covers at an angle in clutter (always available);
+    ``grocery_packages``: the grocery packaged goods (skipped when the shared data is absent).
+    Every option is measured against the baseline on the same queries in the same run.
+    """
+    from .enroll import enroll_manifest, match_manifest
+    from .gallery import Gallery
+    from .manifest import load_manifest
+    from .model import load_model
+    from .query import QueryOptions
+    from .rerank import RerankConfig
+    from .synthetic import generate_covers
+
+    tmp = Path(tempfile.mkdtemp(dir=workdir, prefix="bench_query_"))
+    res: dict[str, Any] = {"model": model}
+    net = load_model(model)
+    try:
+        for name in datasets:
+            if name == "covers":
+                m = load_manifest(generate_covers(tmp / "covers", n_covers, 2))
+            else:
+                root = Path(shared_data) / "grocery"
+                mpath = Path(__file__).resolve().parents[1] / "data_manifests" / f"{name}.csv"
+                if not root.is_dir() or not mpath.is_file():
+                    res[name] = {"skipped": f"no data at {root}"}
+                    continue
+                m = load_manifest(mpath, root)
+            g = Gallery.create(tmp / f"g_{name}", net.describe(), model_spec=model)
+            t0 = time.perf_counter()
+            enroll_manifest(g, net, m, progress=False)
+            res[f"{name}_enroll_seconds"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for method in ("sift", "orb"):
+                from .enroll import backfill_local_features
+
+                backfill_local_features(g, method, progress=False)
+            res[f"{name}_features_seconds"] = time.perf_counter() - t0
+            queries = m.select(role="query")[::query_stride]
+            plain = [dataclasses.replace(r, candidates=None) for r in queries]
+            table = {}
+            for cname in configs:
+                c = QUERY_CONFIGS[cname]
+                kw: dict[str, Any] = {
+                    "query_options": QueryOptions(**c.get("query", {})),
+                    "rerank": RerankConfig(**c["rerank"]) if "rerank" in c else None,
+                    "progress": False,
+                }
+                full = match_manifest(g, net, m, rows=plain, **kw)
+                cons = match_manifest(g, net, m, rows=queries, **kw)
+                n = max(1, len(full.rows))
+                table[cname] = {
+                    "top1": float(
+                        np.mean(
+                            [mm.item_id == r.item_id for r, mm in zip(full.rows, full.matches, strict=True)]
+                        )
+                    ),
+                    "top1_within_10": float(
+                        np.mean(
+                            [mm.item_id == r.item_id for r, mm in zip(cons.rows, cons.matches, strict=True)]
+                        )
+                    ),
+                    "embed_ms_per_query": 1000 * full.seconds_embed / n,
+                    "match_ms_per_query": 1000 * full.seconds_match / n,
+                    "rerank_ms_per_query_full": 1000 * full.seconds_rerank / n,
+                    "rerank_ms_per_query_candidates": 1000 * cons.seconds_rerank / max(1, len(cons.rows)),
+                }
+            base = table["baseline"]
+            for row in table.values():
+                row["ms_added_per_query"] = (
+                    row["embed_ms_per_query"] - base["embed_ms_per_query"] + row["rerank_ms_per_query_full"]
+                )
+            res[name] = {"items": len(g.item_ids), "queries": len(queries), "configs": table}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return res
+
+
+SUITES: dict[str, Callable[..., dict[str, Any]]] = {
+    "gallery": bench_gallery,
+    "query_options": bench_query_options,
+}
+QUICK_ARGS: dict[str, dict[str, Any]] = {
+    "gallery": {"n_items": 1000, "per_item": 20},
+    "query_options": {
+        "datasets": ("covers",),
+        "n_covers": 12,
+        "configs": ("baseline", "zoom_0.6", "rerank_orb"),
+    },
+}
 
 
 def run_bench(
@@ -200,11 +310,21 @@ def run_bench(
 
 
 def markdown_table(doc: dict[str, Any]) -> str:
-    """One table per suite: figure, value."""
+    """One table per suite: figure, value (and one row per option for nested option tables)."""
     lines = [f"Machine: {doc['machine']['cpu_count']} CPUs, {doc['machine']['platform']}", ""]
     for name, res in doc["suites"].items():
         lines += [f"## {name}", "", "| figure | value |", "|---|---|"]
+        nested = []
         for k, v in res.items():
-            lines.append(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |")
+            if isinstance(v, dict) and "configs" in v:
+                nested.append((k, v))
+            else:
+                lines.append(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |")
+        for k, v in nested:
+            lines += ["", f"### {k}: {v['items']} items, {v['queries']} queries", ""]
+            cols = list(next(iter(v["configs"].values())))
+            lines += ["| option | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+            for opt, row in v["configs"].items():
+                lines.append(f"| {opt} | " + " | ".join(f"{row[c]:.3f}" for c in cols) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -28,6 +28,8 @@ import numpy as np
 from .embed import embed_arrays
 from .gallery import Gallery
 from .model import EmbeddingModel
+from .query import QueryOptions, pool_view_embeddings, pool_view_scores
+from .rerank import RerankConfig
 
 PROPOSALS = ("full", "roi", "grid", "foreground")
 UNKNOWN = "unknown"
@@ -50,6 +52,8 @@ class CameraConfig:
     leave_frames: int = 8  # frames without a box before a track is dropped
     iou_match: float = 0.25
     threshold: float | None = None  # default: the gallery's
+    query: QueryOptions = field(default_factory=QueryOptions)  # framing of each crop (zoom, multi-crop)
+    rerank: RerankConfig | None = None  # geometric verification of each crop's top candidates
     warmup_frames: int = 10  # foreground: frames of the empty scene to learn the background from
     bg_learning_rate: float = 0.0005  # foreground: background adaptation after the warm-up
 
@@ -409,14 +413,24 @@ class CameraMatcher:
         t1 = time.perf_counter()
         rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
         crops = [crop(rgb, b, self.cfg.pad) for b in boxes]
+        q = self.cfg.query
+        views = [q.views(c) for c in crops]
+        n_views = [len(v) for v in views]
+        flat = [v for vs in views for v in vs]
         emb = (
-            embed_arrays(self.model, crops)
-            if crops
-            else np.zeros((0, self.gallery.embedding_dim), np.float32)
+            embed_arrays(self.model, flat) if flat else np.zeros((0, self.gallery.embedding_dim), np.float32)
         )
         t2 = time.perf_counter()
         if len(emb):
-            _, scores = self.gallery.candidate_scores(emb, self.candidates)
+            if q.multicrop != "none" and q.pool == "max":
+                _, scores = self.gallery.candidate_scores(emb, self.candidates)
+                scores = pool_view_scores(scores, n_views)
+            else:
+                if q.multicrop != "none":
+                    emb = pool_view_embeddings(emb, n_views)
+                _, scores = self.gallery.candidate_scores(emb, self.candidates)
+            if self.cfg.rerank is not None:
+                scores = self._verify(crops, scores)
         else:
             scores = np.zeros((0, len(self.candidates)), np.float32)
         t3 = time.perf_counter()
@@ -432,6 +446,20 @@ class CameraMatcher:
             crops=float(len(boxes)),
         )
         return events
+
+    def _verify(self, crops: list[np.ndarray], scores: np.ndarray) -> np.ndarray:
+        """Geometric re-ranking of each crop's top candidates (scored as in the gallery's re-ranking)."""
+        from .rerank import extract, rerank_scores
+
+        cfg = self.cfg.rerank
+        out = scores.copy()
+        for i, c in enumerate(crops):
+            top = np.argsort(-scores[i])[: cfg.top_k]
+            names = [self.candidates[j] for j in top]
+            feats = extract(c, cfg.method, max_side=cfg.max_side, nfeatures=cfg.nfeatures)
+            gal = self.gallery.local_features(names, cfg.method, cfg.per_item)
+            out[i, top], _, _ = rerank_scores(names, scores[i, top], feats, gal, cfg)
+        return out
 
     def annotate(self, frame_bgr: np.ndarray, fps: float) -> np.ndarray:
         out = frame_bgr.copy()

@@ -134,6 +134,8 @@ def grocery_manifests(
     * ``grocery_unseen``: unseen items: the iconic image (``role=gallery``, one shot) and the
       test/ photos (``role=query``, with ``candidates``).
     * ``grocery_unseen_fewshot``: as above, with ``fewshot`` train/ photos per item added to the gallery.
+    * ``grocery_packages``: every packaged item (catalog image as gallery, test photos as
+      queries with candidates): the dev set for query options and geometric re-ranking.
     """
     root = Path(root)
     classes = read_grocery_classes(root)
@@ -162,10 +164,21 @@ def grocery_manifests(
         if r.item_id in unseen_items and len(shots[r.item_id]) < fewshot:
             shots[r.item_id].append(ManifestRow(0, r.path, r.item_id, "test", "gallery"))
     fewshot_gallery = gallery + [r for n in sorted(shots) for r in shots[n]]
+    # packaged goods (all of them, from both sides of the split): the flat printed items that
+    # geometric re-ranking is for; a dev set for off-the-shelf models, not for trained ones
+    packages = sorted(c["name"] for c in classes if "/Packages/" in "/" + c["iconic"])
+    pk_gallery = [ManifestRow(0, iconic[n], n, "test", "gallery") for n in packages]
+    pk_queries = [
+        ManifestRow(0, r.path, r.item_id, "test", "query")
+        for r in photos["test"]
+        if r.item_id in set(packages)
+    ]
+    pk_queries = with_candidates(pk_queries, packages, min(k_candidates, len(packages)), seed)
     return {
         "grocery_train": train,
         "grocery_unseen": gallery + queries,
         "grocery_unseen_fewshot": fewshot_gallery + queries,
+        "grocery_packages": pk_gallery + pk_queries,
     }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,17 +38,20 @@ class ImageFileDataset(Dataset):
         paths: Sequence[str | os.PathLike],
         preprocess: Preprocess,
         bboxes: Sequence[BBox | None] | None = None,
+        view_fn: Callable[[np.ndarray], list[np.ndarray]] | None = None,
     ):
         self.paths = [str(p) for p in paths]
         self.bboxes = list(bboxes) if bboxes is not None else [None] * len(self.paths)
         if len(self.bboxes) != len(self.paths):
             raise ValueError(f"{len(self.bboxes)} bboxes for {len(self.paths)} paths")
         self.preprocess = preprocess
+        self.view_fn = view_fn
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
+        """``(i, V x 3 x S x S views, "")``, or ``(i, None, message)`` for a bad file."""
         path = self.paths[i]
         try:
             rgb = load_image(path)
@@ -56,7 +59,8 @@ class ImageFileDataset(Dataset):
                 rgb = crop_bbox(rgb, self.bboxes[i])
             except ValueError as e:
                 raise ImageLoadError(path, str(e)) from None
-            return i, self.preprocess.to_tensor(rgb), ""
+            views = self.view_fn(rgb) if self.view_fn is not None else [rgb]
+            return i, torch.stack([self.preprocess.to_tensor(v) for v in views]), ""
         except ImageLoadError as e:
             return i, None, str(e)
 
@@ -65,8 +69,8 @@ def _collate(items: list[tuple[int, torch.Tensor | None, str]]):
     ok = [(i, t) for i, t, _ in items if t is not None]
     bad = [(i, err) for i, t, err in items if t is None]
     idx = [i for i, _ in ok]
-    batch = torch.stack([t for _, t in ok]) if ok else None
-    return idx, batch, bad
+    batch = torch.cat([t for _, t in ok]) if ok else None
+    return idx, batch, bad, [len(t) for _, t in ok]
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -100,10 +104,12 @@ def prepare_for_inference(model: EmbeddingModel, *, channels_last: bool = True) 
 class EmbedResult:
     """Embeddings of the images that loaded, and the ones that did not."""
 
-    embeddings: np.ndarray  # N_ok x D, float32, L2-normalised
+    embeddings: np.ndarray  # N_ok x D, float32, L2-normalised (the mean over views, with view_fn)
     indices: np.ndarray  # positions in the input list of each embedding row
     failures: list[tuple[int, str]] = field(default_factory=list)  # (input position, message)
     seconds: float = 0.0
+    view_embeddings: np.ndarray | None = None  # with view_fn: every view's embedding, image by image
+    n_views: np.ndarray | None = None  # with view_fn: views per embedded image
 
     @property
     def images_per_second(self) -> float:
@@ -120,10 +126,15 @@ def embed_paths(
     progress: bool = False,
     channels_last: bool = True,
     desc: str = "embedding",
+    view_fn: Callable[[np.ndarray], list[np.ndarray]] | None = None,
 ) -> EmbedResult:
-    """Embed image files in order; unreadable ones are listed in ``failures``, not raised."""
+    """Embed image files in order; unreadable ones are listed in ``failures``, not raised.
+
+    ``view_fn`` turns each decoded image into several views (query crops); all are
+    embedded and the result holds their mean per image plus every view's embedding.
+    """
     prepare_for_inference(model, channels_last=channels_last)
-    ds = ImageFileDataset(paths, model.preprocess, bboxes)
+    ds = ImageFileDataset(paths, model.preprocess, bboxes, view_fn)
     workers = default_num_workers() if num_workers is None else num_workers
     loader = DataLoader(
         ds,
@@ -135,6 +146,7 @@ def embed_paths(
     )
     chunks: list[np.ndarray] = []
     indices: list[int] = []
+    counts: list[int] = []
     failures: list[tuple[int, str]] = []
     bar = None
     if progress:
@@ -142,11 +154,12 @@ def embed_paths(
 
         bar = tqdm(total=len(ds), desc=desc, unit="img")
     t0 = time.perf_counter()
-    for idx, batch, bad in loader:
+    for idx, batch, bad, n_views in loader:
         failures.extend(bad)
         if batch is not None:
             chunks.append(forward_batch(model, batch, channels_last=channels_last))
             indices.extend(idx)
+            counts.extend(n_views)
         if bar is not None:
             bar.update(len(idx) + len(bad))
     seconds = time.perf_counter() - t0
@@ -154,7 +167,14 @@ def embed_paths(
         bar.close()
     dim = model.embedding_dim
     emb = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros((0, dim), np.float32)
-    return EmbedResult(emb, np.asarray(indices, dtype=np.int64), sorted(failures), seconds)
+    idx_arr = np.asarray(indices, dtype=np.int64)
+    if view_fn is None:
+        return EmbedResult(emb, idx_arr, sorted(failures), seconds)
+    from .query import pool_view_embeddings
+
+    n = np.asarray(counts, dtype=np.int64)
+    pooled = pool_view_embeddings(emb, n) if len(n) else np.zeros((0, dim), np.float32)
+    return EmbedResult(pooled, idx_arr, sorted(failures), seconds, emb, n)
 
 
 def embed_manifest(

@@ -9,6 +9,7 @@ chunks, so an interrupted run keeps every chunk it finished.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import time
 from collections.abc import Sequence
@@ -18,9 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from .embed import embed_paths
-from .gallery import Gallery, GalleryError, Match, UnknownItemError, file_sha256
+from .gallery import Gallery, GalleryError, Match, UnknownItemError, decide, file_sha256
 from .manifest import Manifest, ManifestRow
 from .model import EmbeddingModel, load_model
+from .query import QueryOptions
+from .rerank import RerankConfig
 
 PREDICTION_COLUMNS = ("path", "item_id", "pred_item_id", "score", "accepted", "topk_ids", "topk_scores")
 
@@ -92,6 +95,7 @@ def enroll_files(
     num_workers: int | None = None,
     chunk: int = 512,
     progress: bool = True,
+    local_features: str | None = None,
 ) -> EnrollReport:
     """Enroll ``(item_id, path, bbox)`` entries; ``where`` strings in the report are the paths.
 
@@ -119,6 +123,7 @@ def enroll_manifest(
     num_workers: int | None = None,
     chunk: int = 512,
     progress: bool = True,
+    local_features: str | None = None,
 ) -> EnrollReport:
     """Enroll manifest rows: by default every row except ``role=query`` ones.
 
@@ -134,12 +139,14 @@ def enroll_manifest(
             pre_failures.append((where, "no item_id"))
             continue
         entries.append((where, r.item_id, manifest.resolve(r), r.bbox))
-    rep = _enroll(gallery, model, entries, batch_size, num_workers, chunk, progress)
+    rep = _enroll(gallery, model, entries, batch_size, num_workers, chunk, progress, local_features)
     rep.failures = pre_failures + rep.failures
     return rep
 
 
-def _enroll(gallery, model, entries, batch_size, num_workers, chunk, progress) -> EnrollReport:
+def _enroll(
+    gallery, model, entries, batch_size, num_workers, chunk, progress, local_features=None
+) -> EnrollReport:
     gallery.check_model(model.fingerprint, "the enrolling model")
     t0 = time.perf_counter()
     rep = EnrollReport()
@@ -188,12 +195,57 @@ def _enroll(gallery, model, entries, batch_size, num_workers, chunk, progress) -
             rep.images_added += added.added
             rep.items_added += added.new_items
             rep.duplicates += added.duplicates
+            if local_features:
+                store_features_for(
+                    gallery,
+                    local_features,
+                    [(v, ok[p][2], ok[p][3]) for v, p in zip(added.vids, added.positions, strict=True)],
+                )
         if bar is not None:
             bar.update(len(part))
     if bar is not None:
         bar.close()
     rep.seconds = time.perf_counter() - t0
     return rep
+
+
+def store_features_for(
+    gallery: Gallery, method: str, entries: Sequence[tuple[int, str | os.PathLike, tuple | None]]
+) -> int:
+    """Compute and store local features (for geometric re-ranking) of ``(vid, path, bbox)`` entries.
+
+    Images that cannot be read now (moved since enrollment) are skipped; they are then
+    simply not verified.
+    """
+    from .imageio import ImageLoadError, crop_bbox, load_image
+    from .rerank import extract
+
+    feats = {}
+    for vid, path, bbox in entries:
+        try:
+            feats[vid] = extract(crop_bbox(load_image(path), bbox), method)
+        except (ImageLoadError, ValueError):
+            continue
+    return gallery.store_local_features(method, feats)
+
+
+def backfill_local_features(gallery: Gallery, method: str, *, progress: bool = True) -> int:
+    """Compute ``method`` features for every enrolled vector that lacks them (from the stored paths)."""
+    todo = gallery.vectors_without_features(method)
+    done = 0
+    bar = None
+    if progress and todo:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc=f"{method} features", unit="img")
+    for i in range(0, len(todo), 256):
+        part = todo[i : i + 256]
+        done += store_features_for(gallery, method, [(v, p, None) for v, p in part])
+        if bar is not None:
+            bar.update(len(part))
+    if bar is not None:
+        bar.close()
+    return done
 
 
 # --------------------------------------------------------------------------------- matching
@@ -209,6 +261,7 @@ class MatchReport:
     seconds_embed: float
     seconds_match: float
     embeddings: np.ndarray  # one row per entry of ``rows``
+    seconds_rerank: float = 0.0
 
     def accuracy(self) -> dict[str, float]:
         labelled = [(r, m) for r, m in zip(self.rows, self.matches, strict=True) if r.item_id]
@@ -254,6 +307,8 @@ def match_manifest(
     batch_size: int = 32,
     num_workers: int | None = None,
     progress: bool = True,
+    query_options: QueryOptions | None = None,
+    rerank: RerankConfig | None = None,
 ) -> MatchReport:
     """Match manifest rows (default: ``role=query`` rows, or every row when there are none).
 
@@ -279,17 +334,79 @@ def match_manifest(
             )
         else:
             good.append((r, cands))
+    opts = query_options or QueryOptions()
     res = embed_paths(
         model, [manifest.resolve(r) for r, _ in good], bboxes=[r.bbox for r, _ in good],
         batch_size=batch_size, num_workers=num_workers, progress=progress, desc="embedding queries",
+        view_fn=None if opts.is_default else opts.views,
     )  # fmt: skip
     for j, msg in res.failures:
         failures.append((f"line {good[j][0].line}", msg))
     ok = [good[j] for j in res.indices]
     t0 = time.perf_counter()
-    matches = gallery.search(res.embeddings, k=k, candidates=[c for _, c in ok]) if ok else []
+    if not ok:
+        matches = []
+    elif opts.multicrop != "none" and opts.pool == "max":
+        matches = _match_max_over_views(gallery, res, [c for _, c in ok], k)
+    else:
+        matches = gallery.search(
+            res.embeddings, k=max(k, rerank.top_k if rerank else 0), candidates=[c for _, c in ok]
+        )
     t_match = time.perf_counter() - t0
-    return MatchReport([r for r, _ in ok], matches, failures, res.seconds, t_match, res.embeddings)
+    t_rerank = 0.0
+    if rerank is not None and ok:
+        t0 = time.perf_counter()
+        matches = [
+            _rerank_one(gallery, manifest.resolve(r), r.bbox, m, k, rerank)
+            for (r, _), m in zip(ok, matches, strict=True)
+        ]
+        t_rerank = time.perf_counter() - t0
+    else:
+        matches = [_truncate(m, k) for m in matches]
+    return MatchReport([r for r, _ in ok], matches, failures, res.seconds, t_match, res.embeddings, t_rerank)
+
+
+def _truncate(m: Match, k: int) -> Match:
+    return m if len(m.topk) <= k else dataclasses.replace(m, topk=m.topk[:k])
+
+
+def _match_max_over_views(gallery: Gallery, res, cands: list, k: int) -> list[Match]:
+    """Item score = the max over a query's views (multi-crop pooling by max)."""
+    from .query import pool_view_scores
+
+    starts = np.concatenate([[0], np.cumsum(res.n_views)]).astype(np.int64)
+    groups: dict[tuple | None, list[int]] = {}
+    for i, c in enumerate(cands):
+        groups.setdefault(None if c is None else tuple(c), []).append(i)
+    out: list[Match | None] = [None] * len(cands)
+    for c, idx in groups.items():
+        rows = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in idx])
+        view_emb = res.view_embeddings[rows]
+        items, sc = gallery.candidate_scores(view_emb, c) if c else gallery.exact_item_scores(view_emb)
+        pooled = pool_view_scores(sc, res.n_views[idx])
+        for i, m in zip(idx, decide(items, pooled, k, gallery.threshold, gallery.margin), strict=True):
+            out[i] = m
+    return out  # type: ignore[return-value]
+
+
+def _rerank_one(gallery: Gallery, path, bbox, m: Match, k: int, cfg: RerankConfig) -> Match:
+    """Verify the match's top items (or the whole candidate set) geometrically and re-decide."""
+    from .imageio import ImageLoadError, crop_bbox, load_image
+    from .rerank import extract, rerank_scores
+
+    if not m.topk:
+        return m
+    items = [i for i, _ in m.topk[: cfg.top_k]]  # the embedding's best (within the candidates, if any)
+    emb = np.array([s for _, s in m.topk[: cfg.top_k]], np.float32)
+    try:
+        q = extract(
+            crop_bbox(load_image(path), bbox), cfg.method, max_side=cfg.max_side, nfeatures=cfg.nfeatures
+        )
+    except (ImageLoadError, ValueError):
+        return _truncate(m, k)
+    feats = gallery.local_features(items, cfg.method, cfg.per_item)
+    final, _, _ = rerank_scores(items, emb, q, feats, cfg)
+    return decide(items, final[None, :], k, gallery.threshold, gallery.margin)[0]
 
 
 def write_predictions(path: str | os.PathLike, report: MatchReport) -> Path:

@@ -71,6 +71,17 @@ CREATE TABLE IF NOT EXISTS vectors (
 );
 CREATE INDEX IF NOT EXISTS vectors_item ON vectors(item_id);
 """
+_FEATURES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS local_features (
+    vid INTEGER NOT NULL REFERENCES vectors(vid) ON DELETE CASCADE,
+    method TEXT NOT NULL,
+    kp BLOB NOT NULL,
+    descriptors BLOB NOT NULL,
+    dtype TEXT NOT NULL,
+    dim INTEGER NOT NULL,
+    PRIMARY KEY (vid, method)
+);
+"""
 
 
 class GalleryError(Exception):
@@ -125,6 +136,8 @@ class AddResult:
 
     added: int = 0
     new_items: list[str] = field(default_factory=list)
+    vids: list[int] = field(default_factory=list)  # ids given to the added vectors, in input order
+    positions: list[int] = field(default_factory=list)  # their positions in the input
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (path, item already holding it)
 
 
@@ -283,7 +296,7 @@ class Gallery:
             tmp_db.unlink(missing_ok=True)
             conn = sqlite3.connect(tmp_db)
             try:
-                conn.executescript(_SCHEMA)
+                conn.executescript(_SCHEMA + _FEATURES_SCHEMA)
                 meta = {
                     "format_version": FORMAT_VERSION,
                     "model_fingerprint": model_description["fingerprint"],
@@ -738,6 +751,8 @@ class Gallery:
             )
             result.added = len(keep)
             result.new_items = new_items
+            result.vids = new_vids.tolist()
+            result.positions = list(keep)
         return result
 
     def remove_item(self, item_id: str) -> int:
@@ -802,6 +817,83 @@ class Gallery:
             conn.executemany("UPDATE meta SET value=? WHERE key=?", [(v, k) for k, v in updates.items()])
             conn.execute("COMMIT")
         self.refresh()
+
+    # ------------------------------------------------------------------ local features
+
+    def store_local_features(self, method: str, feats: dict[int, tuple[np.ndarray, np.ndarray]]) -> int:
+        """Store keypoints and descriptors per vector id (one transaction); returns how many."""
+        if not feats:
+            return 0
+        known = set(self._vids.tolist())
+        unknown = [v for v in feats if v not in known]
+        if unknown:
+            raise GalleryError(f"{self.root}: no vectors with ids {unknown[:5]}")
+        rows = [
+            (
+                int(v),
+                method,
+                kp.astype(np.float32).tobytes(),
+                d.tobytes(),
+                d.dtype.str,
+                int(d.shape[1]) if d.ndim == 2 else 0,
+            )
+            for v, (kp, d) in feats.items()
+        ]
+        with self._writer() as conn:
+            conn.executescript(_FEATURES_SCHEMA)
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany("INSERT OR REPLACE INTO local_features VALUES (?, ?, ?, ?, ?, ?)", rows)
+            conn.execute("COMMIT")
+        return len(rows)
+
+    def local_features(
+        self, items: Sequence[str], method: str, per_item: int = 3
+    ) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+        """Stored features of up to ``per_item`` gallery images of each item (oldest first)."""
+        cache = self.__dict__.setdefault("_feat_cache", {})
+        out: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        missing = [it for it in items if (self.generation, method, it, per_item) not in cache]
+        if missing:
+            conn = self._connect()
+            try:
+                for it in missing:
+                    try:
+                        cur = conn.execute(
+                            "SELECT f.kp, f.descriptors, f.dtype, f.dim FROM local_features f JOIN vectors v ON f.vid=v.vid "
+                            "WHERE v.item_id=? AND f.method=? ORDER BY v.vid LIMIT ?",
+                            (it, method, per_item),
+                        )
+                        rows = cur.fetchall()
+                    except sqlite3.OperationalError:  # no feature table yet
+                        rows = []
+                    cache[(self.generation, method, it, per_item)] = [
+                        (
+                            np.frombuffer(kp, np.float32).reshape(-1, 2),
+                            np.frombuffer(d, np.dtype(dt)).reshape(-1, dim),
+                        )
+                        for kp, d, dt, dim in rows
+                    ]
+            finally:
+                conn.close()
+        for it in items:
+            out[it] = cache[(self.generation, method, it, per_item)]
+        return out
+
+    def vectors_without_features(self, method: str) -> list[tuple[int, str]]:
+        """``(vid, source path)`` of vectors that have no stored features of ``method``."""
+        conn = self._connect()
+        try:
+            try:
+                cur = conn.execute(
+                    "SELECT v.vid, v.path FROM vectors v LEFT JOIN local_features f ON f.vid=v.vid AND f.method=? "
+                    "WHERE f.vid IS NULL ORDER BY v.vid",
+                    (method,),
+                )
+            except sqlite3.OperationalError:
+                cur = conn.execute("SELECT vid, path FROM vectors ORDER BY vid")
+            return [(int(v), p) for v, p in cur]
+        finally:
+            conn.close()
 
     def verify(self) -> dict[str, int]:
         """Re-read everything from disk and check index and metadata agree; returns counts."""

@@ -31,6 +31,8 @@ from .enroll import MatchReport, load_gallery_model, write_predictions
 from .gallery import Gallery, UnknownItemError, decide
 from .imageio import ImageLoadError, load_image
 from .manifest import Manifest, ManifestRow
+from .query import QueryOptions
+from .rerank import RerankConfig
 
 K_VALUES = (2, 5, 10, 20, 50)
 
@@ -58,23 +60,62 @@ def evaluate_gallery(
     batch_size: int = 32,
     num_workers: int | None = None,
     progress: bool = True,
+    query_options: QueryOptions | None = None,
+    rerank: RerankConfig | None = None,
 ) -> Evaluation:
     """Embed ``rows`` with the gallery's model and score them against every item."""
     model = load_gallery_model(gallery, model_spec)
+    opts = query_options or QueryOptions()
     res, rows = embed_manifest(
         model, manifest, rows, batch_size=batch_size, num_workers=num_workers, progress=progress,
-        desc=f"embedding queries ({gallery.root.name})",
+        desc=f"embedding queries ({gallery.root.name})", view_fn=None if opts.is_default else opts.views,
     )  # fmt: skip
     failures = [(f"line {rows[i].line} ({rows[i].path})", msg) for i, msg in res.failures]
     ok_rows = [rows[i] for i in res.indices]
     t0 = time.perf_counter()
     gallery.search(res.embeddings, k=5) if len(ok_rows) else None  # the deployed search path, timed
     match_ms = 1000 * (time.perf_counter() - t0) / max(1, len(ok_rows))
-    items, scores = gallery.exact_item_scores(res.embeddings)
+    if opts.multicrop != "none" and opts.pool == "max" and len(ok_rows):
+        from .query import pool_view_scores
+
+        items, view_scores = gallery.exact_item_scores(res.view_embeddings)
+        scores = pool_view_scores(view_scores, res.n_views)
+    else:
+        items, scores = gallery.exact_item_scores(res.embeddings)
+    if rerank is not None and len(ok_rows):
+        t0 = time.perf_counter()
+        scores = rerank_score_matrix(
+            gallery, items, scores, [manifest.resolve(r) for r in ok_rows], [r.bbox for r in ok_rows], rerank
+        )
+        match_ms += 1000 * (time.perf_counter() - t0) / len(ok_rows)
     return Evaluation(
         gallery, ok_rows, items, scores, res.embeddings, failures,
         1000 * res.seconds / max(1, len(ok_rows)), match_ms,
     )  # fmt: skip
+
+
+def rerank_score_matrix(
+    gallery: Gallery, items: list[str], scores: np.ndarray, paths: list, bboxes: list, cfg: RerankConfig
+) -> np.ndarray:
+    """Add geometric verification to each query's top ``cfg.top_k`` items in a ``Q x I`` score matrix."""
+    from .imageio import crop_bbox
+    from .rerank import extract, rerank_scores
+
+    out = scores.copy()
+    for q, (path, bbox) in enumerate(zip(paths, bboxes, strict=True)):
+        top = np.argsort(-scores[q])[: cfg.top_k]
+        names = [items[j] for j in top]
+        try:
+            feats = extract(
+                crop_bbox(load_image(path), bbox), cfg.method, max_side=cfg.max_side, nfeatures=cfg.nfeatures
+            )
+        except (ImageLoadError, ValueError):
+            continue
+        final, _, _ = rerank_scores(
+            names, scores[q, top], feats, gallery.local_features(names, cfg.method, cfg.per_item), cfg
+        )
+        out[q, top] = final
+    return out
 
 
 def compute_metrics(ev: Evaluation, *, seed: int = 0, n_boot: int = 1000) -> dict[str, Any]:
@@ -485,13 +526,21 @@ def run_report(
     num_workers: int | None = None,
     progress: bool = True,
     n_boot: int = 1000,
+    query_options: QueryOptions | None = None,
+    rerank: RerankConfig | None = None,
 ) -> tuple[dict[str, Any], str]:
     """Run the report; returns (metrics JSON document, Markdown summary)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = manifest.select(role="query") or list(manifest.rows)
     gallery = Gallery.open(gallery_dir)
-    kw = dict(batch_size=batch_size, num_workers=num_workers, progress=progress)
+    kw = dict(
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=progress,
+        query_options=query_options,
+        rerank=rerank,
+    )
     ev = evaluate_gallery(gallery, manifest, rows, model_spec=model_spec, **kw)
     m = compute_metrics(ev, seed=seed, n_boot=n_boot)
     other = cmp = None

@@ -82,10 +82,16 @@ def _shape_mask(shape: str, h: int, w: int) -> np.ndarray:
     return m
 
 
-def render_item(item_index: int, seed: int = 0, size: int = 256) -> np.ndarray:
-    """Draw item ``item_index`` as an RGBA ``size x size``-bounded image (alpha = the package's outline)."""
+def render_item(item_index: int, seed: int = 0, size: int = 256, shape: str | None = None) -> np.ndarray:
+    """Draw item ``item_index`` as an RGBA ``size x size``-bounded image (alpha = the package's outline).
+
+    ``shape`` forces one of :data:`SHAPES` (``"box"`` gives a flat printed cover).
+    """
     rng = np.random.default_rng([seed, item_index, 0])
-    shape = SHAPES[int(rng.integers(len(SHAPES)))]
+    drawn = SHAPES[int(rng.integers(len(SHAPES)))]
+    shape = shape or drawn
+    if shape not in SHAPES:
+        raise ValueError(f"shape {shape!r} is not one of {', '.join(SHAPES)}")
     aspect = rng.uniform(0.55, 1.0)  # width / height
     h = size
     w = max(32, int(size * aspect))
@@ -398,3 +404,62 @@ def generate_video(
         truth.append((f, visible))
     writer.release()
     return truth
+
+
+def generate_covers(
+    out_dir: str | os.PathLike,
+    n_items: int = 40,
+    n_queries: int = 2,
+    *,
+    seed: int = 0,
+    size: int = 320,
+    k_candidates: int = 10,
+    backgrounds: Sequence[np.ndarray] | None = None,
+) -> Path:
+    """Flat printed covers: one clean scan per item (gallery) and photos at an angle in clutter (queries).
+
+    Each query shows its cover with perspective, lighting, blur and partial occlusion, over
+    a real photo strewn with other covers that are not enrolled. Query rows carry a seeded
+    10-item candidate set holding the truth. Returns the manifest path.
+    """
+    from .datasets import candidate_sets
+
+    out = Path(out_dir)
+    (out / "scans").mkdir(parents=True, exist_ok=True)
+    (out / "photos").mkdir(parents=True, exist_ok=True)
+    bgs = list(backgrounds) if backgrounds is not None else load_backgrounds()
+    covers = [render_item(i, seed, shape="box") for i in range(n_items)]
+    distractors = [render_item(10_000 + i, seed, shape="box") for i in range(20)]
+    gallery_rows, query_rows = [], []
+    for i, rgba in enumerate(covers):
+        item = f"cover{i:04d}"
+        path = f"scans/{item}.png"
+        cv2.imwrite(str(out / path), cv2.cvtColor(catalog_image(rgba, size), cv2.COLOR_RGB2BGR))
+        gallery_rows.append(ManifestRow(0, path, item, "test", "gallery"))
+        for k in range(n_queries):
+            rng = np.random.default_rng([seed, i, 2, k])
+            clutter = random_background(rng, bgs, size)
+            for _ in range(int(rng.integers(2, 4))):  # other covers lying around
+                d = distractors[int(rng.integers(len(distractors)))]
+                clutter = composite(clutter, _place(d, rng, size, scale=(0.35, 0.6)))
+            img = wild_photo(rgba, rng, [clutter], size)
+            path = f"photos/{item}_{k:02d}.jpg"
+            cv2.imwrite(str(out / path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+            query_rows.append(ManifestRow(0, path, item, "test", "query"))
+    items = [r.item_id for r in gallery_rows]
+    cands = candidate_sets([r.item_id for r in query_rows], items, min(k_candidates, len(items)), seed)
+    query_rows = [
+        ManifestRow(0, r.path, r.item_id, r.split, r.role, c) for r, c in zip(query_rows, cands, strict=True)
+    ]
+    manifest = out / "manifest.csv"
+    write_manifest(manifest, gallery_rows + query_rows)
+    return manifest
+
+
+def _place(rgba: np.ndarray, rng: np.random.Generator, size: int, scale: tuple[float, float]) -> np.ndarray:
+    """An RGBA layer of ``size x size`` with ``rgba`` rotated, scaled and placed at random."""
+    S = rgba.shape[0]
+    s = rng.uniform(*scale) * size / S
+    M = cv2.getRotationMatrix2D((S / 2, S / 2), rng.uniform(-40, 40), s)
+    M[:, 2] += rng.uniform(-0.1, 0.9, 2) * size - S * s / 2 + S * s / 2
+    return cv2.warpAffine(rgba, M, (size, size), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0, 0))

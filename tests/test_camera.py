@@ -163,3 +163,32 @@ def test_a_challenger_within_the_margin_never_switches_the_label():
     assert tr.tracks[0].label == "a"
     ev = tr.update(10, 0.0, [box], np.array([[0.70, 0.80]]))
     assert [(e.kind, e.item_id) for e in ev] == [("change", "b")]
+
+
+def test_camera_with_multicrop_and_geometric_verification(scene):
+    from recognizer.query import QueryOptions
+    from recognizer.rerank import RerankConfig, extract
+
+    d, g, model, truth, cands = scene
+    vids = {r["item_id"]: r["vid"] for r in g.records()}
+    g.store_local_features(
+        "orb", {vids[i]: extract(catalog_image(render_item(int(i[4:]), seed=5), 224), "orb") for i in cands}
+    )
+    cfg = CameraConfig(
+        query=QueryOptions(multicrop="grid", pool="max"), rerank=RerankConfig(method="orb", top_k=3)
+    )
+    log: list = []
+    stats = run_camera(
+        g,
+        model,
+        d / "v.mp4",
+        candidates=cands,
+        cfg=cfg,
+        headless=True,
+        realtime=False,
+        frame_log=log,
+        max_frames=40,
+    )
+    assert stats["frames"] == 40
+    acc = label_accuracy([t for t in truth if t[0] < 40], log, fps=10)
+    assert acc["evaluated"] > 20 and acc["accuracy"] >= 0.9, acc

@@ -73,6 +73,7 @@ def test_coil_split_is_object_disjoint():
         ("grocery_train", "grocery"),
         ("grocery_unseen", "grocery"),
         ("grocery_unseen_fewshot", "grocery"),
+        ("grocery_packages", "grocery"),
         ("coil_train", "coil"),
         ("coil_unseen", "coil"),
     ],

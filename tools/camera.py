@@ -20,6 +20,7 @@ from recognizer.camera import PROPOSALS, CameraConfig, latency_table, run_camera
 from recognizer.enroll import load_gallery_model
 from recognizer.gallery import Gallery, GalleryError
 from recognizer.model import ModelLoadError
+from recognizer.query import add_query_arguments, options_from_args
 
 
 def _ints(text: str, n: int, sep: str, what: str) -> tuple[int, ...]:
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--max-frames", type=int)
     ap.add_argument("--model", help="embed with this model instead of the gallery's own (same fingerprint)")
+    add_query_arguments(ap)
     args = ap.parse_args(argv)
     try:
         gallery = Gallery.open(args.gallery)
@@ -59,7 +61,15 @@ def main(argv: list[str] | None = None) -> int:
             candidates = (
                 [c.strip() for c in args.candidates.split(",") if c.strip()] if args.candidates else None
             )
-        cfg = CameraConfig(proposals=args.proposals, roi=args.roi, grid=args.grid, threshold=args.threshold)
+        query, rerank = options_from_args(args)
+        cfg = CameraConfig(
+            proposals=args.proposals,
+            roi=args.roi,
+            grid=args.grid,
+            threshold=args.threshold,
+            query=query,
+            rerank=rerank,
+        )
         stats = run_camera(
             gallery, model, args.source, candidates=candidates, cfg=cfg, headless=args.headless, out_video=args.out,
             jsonl=args.jsonl, realtime=not args.fast, max_frames=args.max_frames,

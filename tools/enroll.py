@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from recognizer.enroll import enroll_files, enroll_manifest, open_or_create_gallery
+from recognizer.enroll import backfill_local_features, enroll_files, enroll_manifest, open_or_create_gallery
 from recognizer.gallery import Gallery, GalleryError
 from recognizer.imageio import ImageLoadError
 from recognizer.manifest import ManifestError, load_manifest
@@ -40,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-root", help="folder the manifest's paths are relative to (default: its folder)")
     ap.add_argument(
         "--model", help="lite0/lite1/lite2 or a trained model folder (default: the gallery's, or lite0)"
+    )
+    ap.add_argument(
+        "--local-features",
+        choices=["sift", "orb"],
+        help="also store keypoints for geometric re-ranking (new images, and enrolled ones lacking them)",
     )
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--commit-every", type=int, default=512, help="images per atomic commit")
@@ -69,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             num_workers=args.workers,
             chunk=args.commit_every,
             progress=not args.no_progress,
+            local_features=args.local_features,
         )
         if args.manifest:
             report = enroll_manifest(gallery, model, load_manifest(args.manifest, args.data_root), **kw)
@@ -77,6 +83,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.name and args.item in gallery:
                 gallery.set_item(args.item, name=args.name)
         print(report.summary(gallery))
+        if args.local_features:
+            n = backfill_local_features(gallery, args.local_features, progress=not args.no_progress)
+            print(
+                f"{args.local_features} features stored for {n} earlier image(s)"
+                if n
+                else f"{args.local_features} features: up to date"
+            )
         return 0 if report.images_added or not report.failures else 1
     except (GalleryError, ManifestError, ModelLoadError, ImageLoadError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -17,6 +17,7 @@ import sys
 from recognizer.gallery import GalleryError
 from recognizer.manifest import ManifestError, load_manifest
 from recognizer.model import ModelLoadError
+from recognizer.query import add_query_arguments, options_from_args
 from recognizer.report import run_report
 
 
@@ -35,15 +36,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int)
     ap.add_argument("--no-progress", action="store_true")
+    add_query_arguments(ap)
     args = ap.parse_args(argv)
     try:
         manifest = load_manifest(args.manifest, args.data_root)
+        query_options, rerank = options_from_args(args)
         if manifest.errors:
             print(manifest.error_report(), file=sys.stderr)
         _, summary = run_report(
             args.gallery, manifest, args.out, compare_dir=args.compare, calibrate=args.calibrate,
             model_spec=args.model, seed=args.seed, batch_size=args.batch_size, num_workers=args.workers,
-            progress=not args.no_progress,
+            progress=not args.no_progress, query_options=query_options, rerank=rerank,
         )  # fmt: skip
     except (GalleryError, ManifestError, ModelLoadError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
