@@ -188,7 +188,8 @@ def bench_query_options(
     """Top-1 (whole gallery) and top-1 within each query's candidates, per query option, with ms/query.
 
     ``covers``: synthetic flat printed covers at an angle in clutter (always available);
-    ``grocery_packages``: the grocery packaged goods (skipped when the shared data is absent).
+    any committed manifest name (``grocery_packages``, ``grocery_unseen``, ``coil_unseen``):
+    shared data, skipped when absent. ``query_stride`` keeps every n-th query.
     Every option is measured against the baseline on the same queries in the same run.
     """
     from .enroll import enroll_manifest, match_manifest
@@ -207,7 +208,7 @@ def bench_query_options(
             if name == "covers":
                 m = load_manifest(generate_covers(tmp / "covers", n_covers, 2))
             else:
-                root = Path(shared_data) / "grocery"
+                root = Path(shared_data) / name.split("_")[0]  # grocery_* or coil_*
                 mpath = Path(__file__).resolve().parents[1] / "data_manifests" / f"{name}.csv"
                 if not root.is_dir() or not mpath.is_file():
                     res[name] = {"skipped": f"no data at {root}"}

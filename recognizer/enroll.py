@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .embed import embed_paths
+from .fileio import fsync_replace, temp_path
 from .gallery import Gallery, GalleryError, Match, UnknownItemError, decide, file_sha256
 from .manifest import Manifest, ManifestRow
 from .model import EmbeddingModel, load_model
@@ -413,7 +414,7 @@ def write_predictions(path: str | os.PathLike, report: MatchReport) -> Path:
     """Write ``path,item_id,pred_item_id,score,accepted,topk_ids,topk_scores`` (atomically)."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = temp_path(out)
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(PREDICTION_COLUMNS)
@@ -429,5 +430,5 @@ def write_predictions(path: str | os.PathLike, report: MatchReport) -> Path:
                     ";".join(f"{s:.6f}" for _, s in m.topk),
                 ]
             )
-    os.replace(tmp, out)
+    fsync_replace(tmp, out)
     return out

@@ -47,6 +47,8 @@ from typing import Any
 
 import numpy as np
 
+from .fileio import fsync_replace
+
 FORMAT_VERSION = 1
 DB_FILE = "gallery.sqlite"
 LOCK_FILE = "gallery.lock"
@@ -219,17 +221,6 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _fsync_replace(tmp: Path, dst: Path) -> None:
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, dst)
-    fd = os.open(dst.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 # ------------------------------------------------------------------------------- gallery
 
 
@@ -315,7 +306,7 @@ class Gallery:
                 conn.commit()
             finally:
                 conn.close()
-            _fsync_replace(tmp_db, root / DB_FILE)  # the gallery exists only once complete
+            fsync_replace(tmp_db, root / DB_FILE)  # the gallery exists only once complete
         return cls(root, **kwargs)
 
     @classmethod
@@ -879,6 +870,17 @@ class Gallery:
             out[it] = cache[(self.generation, method, it, per_item)]
         return out
 
+    def local_feature_methods(self) -> list[str]:
+        """The local-feature methods stored for at least one vector."""
+        conn = self._connect()
+        try:
+            try:
+                return [r[0] for r in conn.execute("SELECT DISTINCT method FROM local_features")]
+            except sqlite3.OperationalError:
+                return []
+        finally:
+            conn.close()
+
     def vectors_without_features(self, method: str) -> list[tuple[int, str]]:
         """``(vid, source path)`` of vectors that have no stored features of ``method``."""
         conn = self._connect()
@@ -968,7 +970,7 @@ class Gallery:
                 _write_index(index, cache)
                 tmp = nprobe_file.with_suffix(".json.tmp")
                 tmp.write_text(json.dumps(info))
-                _fsync_replace(tmp, nprobe_file)
+                fsync_replace(tmp, nprobe_file)
         self._ann = (self.generation, index, int(info["nprobe"]), float(info["recall_at_10"]))
         return self._ann
 
@@ -1123,7 +1125,7 @@ def _write_index(index, path: Path) -> None:
 
     tmp = path.with_name(path.name + ".tmp")
     faiss.write_index(index, str(tmp))
-    _fsync_replace(tmp, path)
+    fsync_replace(tmp, path)
 
 
 @contextlib.contextmanager

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from .fileio import fsync_replace, temp_path
+
 REQUIRED_COLUMNS: tuple[str, ...] = ("path", "item_id")
 OPTIONAL_COLUMNS: tuple[str, ...] = ("split", "role", "candidates", "bbox")
 ALL_COLUMNS: tuple[str, ...] = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
@@ -270,13 +272,13 @@ def write_manifest(
         raise ManifestError(f"unknown column(s) {bad}; valid columns: {', '.join(ALL_COLUMNS)}")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = temp_path(out)
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(columns)
         for d in dict_rows:
             w.writerow([d.get(c, "") for c in columns])
-    os.replace(tmp, out)
+    fsync_replace(tmp, out)
     return len(dict_rows)
 
 

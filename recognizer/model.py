@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import Backbone, create_backbone
+from .fileio import fsync_replace
 from .preprocess import Preprocess
 
 FORMAT_VERSION = 1
@@ -164,10 +165,10 @@ class EmbeddingModel(nn.Module):
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         tmp = out / (WEIGHTS_FILE + ".tmp")
         save_file(state, str(tmp), metadata={"fingerprint": desc["fingerprint"]})
-        _fsync_replace(tmp, out / WEIGHTS_FILE)
+        fsync_replace(tmp, out / WEIGHTS_FILE)
         tmp = out / (CONFIG_FILE + ".tmp")
         tmp.write_text(json.dumps(desc, indent=2, sort_keys=True))
-        _fsync_replace(tmp, out / CONFIG_FILE)
+        fsync_replace(tmp, out / CONFIG_FILE)
         self._fp_cache = desc["fingerprint"]
         return out
 
@@ -175,17 +176,6 @@ class EmbeddingModel(nn.Module):
 def _fingerprint(desc: dict[str, Any]) -> str:
     core = {k: desc[k] for k in ("config", "preprocess", "embedding_dim", "weights_sha256")}
     return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _fsync_replace(tmp: Path, dst: Path) -> None:
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, dst)
-    dir_fd = os.open(dst.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def build_model(

@@ -22,11 +22,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--items", type=int, help="gallery suite: number of items")
     ap.add_argument("--per-item", type=int, help="gallery suite: vectors per item")
     ap.add_argument("--dim", type=int, help="gallery suite: embedding dimension")
+    ap.add_argument(
+        "--datasets",
+        help="query_options suite: comma-separated (covers, grocery_packages, grocery_unseen, coil_unseen)",
+    )
+    ap.add_argument("--configs", help="query_options suite: comma-separated option names (default: all)")
+    ap.add_argument("--query-stride", type=int, help="query_options suite: keep every n-th query")
     args = ap.parse_args(argv)
+    query_over = {
+        k: v
+        for k, v in (
+            ("datasets", tuple(args.datasets.split(",")) if args.datasets else None),
+            ("configs", tuple(args.configs.split(",")) if args.configs else None),
+            ("query_stride", args.query_stride),
+        )
+        if v
+    }
     gallery_over = {
         k: v for k, v in (("n_items", args.items), ("per_item", args.per_item), ("dim", args.dim)) if v
     }
-    doc = run_bench(args.suite or list(SUITES), args.out, quick=args.quick, gallery=gallery_over)
+    doc = run_bench(
+        args.suite or list(SUITES), args.out, quick=args.quick, gallery=gallery_over, query_options=query_over
+    )
     from recognizer.bench import markdown_table
 
     print(markdown_table(doc))

@@ -20,7 +20,7 @@ from recognizer.camera import PROPOSALS, CameraConfig, latency_table, run_camera
 from recognizer.enroll import load_gallery_model
 from recognizer.gallery import Gallery, GalleryError
 from recognizer.model import ModelLoadError
-from recognizer.query import add_query_arguments, options_from_args
+from recognizer.query import CAMERA_DEFAULTS, add_query_arguments, options_from_args
 
 
 def _ints(text: str, n: int, sep: str, what: str) -> tuple[int, ...]:
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--max-frames", type=int)
     ap.add_argument("--model", help="embed with this model instead of the gallery's own (same fingerprint)")
-    add_query_arguments(ap)
+    add_query_arguments(ap, CAMERA_DEFAULTS)
     args = ap.parse_args(argv)
     try:
         gallery = Gallery.open(args.gallery)
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             candidates = (
                 [c.strip() for c in args.candidates.split(",") if c.strip()] if args.candidates else None
             )
-        query, rerank = options_from_args(args)
+        query, rerank = options_from_args(args, gallery)
         cfg = CameraConfig(
             proposals=args.proposals,
             roi=args.roi,

@@ -19,7 +19,7 @@ from recognizer.enroll import load_gallery_model, match_manifest, write_predicti
 from recognizer.gallery import Gallery, GalleryError
 from recognizer.manifest import ManifestError, load_manifest
 from recognizer.model import ModelLoadError
-from recognizer.query import add_query_arguments, options_from_args
+from recognizer.query import PHOTO_DEFAULTS, add_query_arguments, options_from_args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,13 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int)
     ap.add_argument("--no-progress", action="store_true")
-    add_query_arguments(ap)
+    add_query_arguments(ap, PHOTO_DEFAULTS)
     args = ap.parse_args(argv)
     try:
         gallery = Gallery.open(args.gallery)
         model = load_gallery_model(gallery, args.model)
         cands = [c.strip() for c in args.candidates.split(",") if c.strip()] if args.candidates else None
-        query_options, rerank = options_from_args(args)
+        query_options, rerank = options_from_args(args, gallery)
         report = match_manifest(
             gallery, model, load_manifest(args.manifest, args.data_root), candidates=cands, k=args.top_k,
             batch_size=args.batch_size, num_workers=args.workers, progress=not args.no_progress,

@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from recognizer.gallery import GalleryError
+from recognizer.gallery import Gallery, GalleryError
 from recognizer.manifest import ManifestError, load_manifest
 from recognizer.model import ModelLoadError
-from recognizer.query import add_query_arguments, options_from_args
+from recognizer.query import PHOTO_DEFAULTS, add_query_arguments, options_from_args
 from recognizer.report import run_report
 
 
@@ -36,11 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int)
     ap.add_argument("--no-progress", action="store_true")
-    add_query_arguments(ap)
+    add_query_arguments(ap, PHOTO_DEFAULTS)
     args = ap.parse_args(argv)
     try:
         manifest = load_manifest(args.manifest, args.data_root)
-        query_options, rerank = options_from_args(args)
+        query_options, rerank = options_from_args(args, Gallery.open(args.gallery))
         if manifest.errors:
             print(manifest.error_report(), file=sys.stderr)
         _, summary = run_report(
