@@ -63,8 +63,22 @@ class LinearHead(nn.Module):
         return self.bn(self.fc(self.drop(x)))
 
 
+class ResidualHead(nn.Module):
+    """Identity-preserving head ``x + W x`` with ``W`` starting at zero: training starts from the
+    pretrained embedding and moves away from it only as far as the loss pays for."""
+
+    def __init__(self, in_dim: int):
+        super().__init__()
+        self.fc = nn.Linear(in_dim, in_dim, bias=False)
+        nn.init.zeros_(self.fc.weight)
+        self.out_dim = in_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc(x)
+
+
 POOLINGS: dict[str, type[nn.Module]] = {"avg": AvgPool, "gem": GeM}
-HEADS: dict[str, type[nn.Module]] = {"linear": LinearHead}
+HEADS: dict[str, type[nn.Module]] = {"linear": LinearHead, "residual": ResidualHead}
 _MODEL_KEYS = {"backbone", "pooling", "head", "input_size"}
 
 

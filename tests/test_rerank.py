@@ -90,10 +90,10 @@ def test_tools_take_the_query_and_rerank_flags(tmp_path, covers, tiny_model):
     d, m = covers
     model_dir = tiny_model.save(tmp_path / "model")
     gal = tmp_path / "g"
+
     def run(*a):
-        return subprocess.run(
-            [sys.executable, *a], cwd=ROOT, capture_output=True, text=True, timeout=600
-        )  # noqa: E731
+        return subprocess.run([sys.executable, *a], cwd=ROOT, capture_output=True, text=True, timeout=600)  # noqa: E731
+
     r = run(
         "tools/enroll.py",
         "--gallery",
