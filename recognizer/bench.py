@@ -6,6 +6,8 @@ JSON document; :func:`markdown_table` renders it.
 
 Suites:
 
+* ``training``: one training step at 10,000 classes on synthetic data, cached-feature head
+  vs. full fine-tuning, with the ArcFace weight memory and peak RSS.
 * ``gallery``: a gallery of ``n_items x per_item`` synthetic clustered vectors (default
   10,000 x 100 = 1M x 256): add throughput, open time, exact full search at 1 and 64
   queries (against FAISS's own brute force), 10-candidate constrained search against the
@@ -264,12 +266,69 @@ def bench_query_options(
     return res
 
 
+def bench_training(
+    n_classes: int = 10_000, batch: int = 32, input_size: int = 160, steps: int = 5, seed: int = 0
+) -> dict[str, Any]:
+    """Training throughput at ``n_classes`` (synthetic data): cached-feature head vs. full fine-tuning.
+
+    Both use ArcFace (pytorch-metric-learning) with its ``n_classes x dim`` weight matrix,
+    whose memory is reported; peak RSS is the process's high-water mark after the suite.
+    """
+    import torch
+    from pytorch_metric_learning import losses
+
+    from .model import build_model
+
+    torch.manual_seed(seed)
+    res: dict[str, Any] = {"n_classes": n_classes, "batch": batch, "input_size": input_size}
+    model = build_model(
+        {"backbone": "lite0", "head": {"name": "residual", "args": {}}, "input_size": input_size}
+    )
+    dim = model.embedding_dim
+    loss_fn = losses.ArcFaceLoss(num_classes=n_classes, embedding_size=dim)
+    res["arcface_weight_mb"] = sum(p.numel() * p.element_size() for p in loss_fn.parameters()) / 2**20
+    opt = torch.optim.AdamW(list(model.parameters()), lr=1e-4)
+    loss_opt = torch.optim.SGD(loss_fn.parameters(), lr=1e-2)
+
+    def step(inputs: torch.Tensor, labels: torch.Tensor, cached: bool) -> None:
+        emb = model.embed_features(inputs) if cached else model(inputs)
+        loss = loss_fn(emb, labels)
+        opt.zero_grad()
+        loss_opt.zero_grad()
+        loss.backward()
+        opt.step()
+        loss_opt.step()
+
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, n_classes, (batch,), generator=g)
+    feats = torch.randn(batch * 8, dim, generator=g).abs()
+    model.train()
+    model.backbone.eval()
+    t = _median_time(lambda: step(feats, labels.repeat(8), True), steps * 4)
+    res["cached_head_samples_per_second"] = batch * 8 / t
+    images = torch.randn(batch, 3, input_size, input_size, generator=g).contiguous(
+        memory_format=torch.channels_last
+    )
+    model.to(memory_format=torch.channels_last)
+    model.train()
+    t = _median_time(lambda: step(images, labels, False), steps, warmup=1)
+    res["full_finetune_step_seconds"] = t
+    res["full_finetune_images_per_second"] = batch / t
+    res["cached_vs_full_speedup"] = (
+        res["cached_head_samples_per_second"] / res["full_finetune_images_per_second"]
+    )
+    res["peak_rss_mb"] = peak_rss_mb()
+    return res
+
+
 SUITES: dict[str, Callable[..., dict[str, Any]]] = {
     "gallery": bench_gallery,
     "query_options": bench_query_options,
+    "training": bench_training,
 }
 QUICK_ARGS: dict[str, dict[str, Any]] = {
     "gallery": {"n_items": 1000, "per_item": 20},
+    "training": {"n_classes": 100, "batch": 8, "input_size": 64, "steps": 2},
     "query_options": {
         "datasets": ("covers",),
         "n_covers": 12,

@@ -71,36 +71,42 @@ def test_kill_9_during_enrollment_never_loses_committed_state(tmp_path):
         # the in-flight batch may or may not have committed; continue after it either way
         next_k = in_flight + 1
         committed |= {int(i[1:]) for i in Gallery.open(root).item_ids}
+    print(f"{runs} kills, {len(committed)} batches committed and all found")
     assert len(committed) > runs  # the kills landed after real progress
 
 
-def test_kill_9_of_the_enroll_tool(tmp_path, tiny_catalog):
+def test_kill_9_of_the_enroll_tool(tmp_path):
     """The real tool, killed mid-run: what it committed survives; a rerun completes the job without duplicates."""
+    from recognizer.synthetic import generate_catalog
+
     runs = int(os.environ.get("CRASH_RUNS_TOOL", "3"))
+    catalog = generate_catalog(tmp_path / "cat", n_items=60, n_wild=2, seed=4, size=64)
     gal = tmp_path / "g"
-    manifest = tmp_path / "all.csv"  # every image of the catalog, roles dropped: 24 images
-    lines = tiny_catalog.read_text().splitlines()
+    manifest = tmp_path / "all.csv"  # every image of the catalog, roles dropped: 180 images
+    lines = catalog.read_text().splitlines()
     manifest.write_text("path,item_id\n" + "\n".join(",".join(ln.split(",")[:2]) for ln in lines[1:]) + "\n")
     cmd = [sys.executable, "tools/enroll.py", "--gallery", str(gal), "--manifest", str(manifest), "--data-root",
-           str(tiny_catalog.parent), "--no-progress", "--workers", "0", "--batch-size", "2", "--commit-every", "2"]  # fmt: skip
+           str(catalog.parent), "--model", "lite0@64", "--no-progress", "--workers", "0", "--batch-size", "4",
+           "--commit-every", "4"]  # fmt: skip
     rng = np.random.default_rng(1)
     sizes = []
     for _ in range(runs):
         p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(float(rng.uniform(3.0, 6.0)))
+        time.sleep(float(rng.uniform(3.0, 5.0)))
         p.send_signal(signal.SIGKILL)
         p.wait()
         if (gal / "gallery.sqlite").exists():
             g = Gallery.open(gal)
             g.verify()
             sizes.append(len(g))
+    print(f"vectors committed at each kill: {sizes}")
     assert sizes == sorted(sizes)  # nothing committed was ever lost
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     g = Gallery.open(gal)
     g.verify()
-    assert len(g.item_ids) == 8 and len(g) == 24  # every image exactly once
-    assert len({r["sha256"] for r in g.records()}) == 24
+    assert len(g.item_ids) == 60 and len(g) == 180  # every image exactly once
+    assert len({r["sha256"] for r in g.records()}) == 180
 
 
 def test_reader_sees_old_or_new_state_while_a_writer_commits(tmp_path):
