@@ -26,6 +26,7 @@ lint: $(STAMP)
 manifests: $(STAMP)
 	$(PY) tools/make_manifest.py grocery ../shared/data/grocery --out-dir data_manifests
 	$(PY) tools/make_manifest.py coil ../shared/data/coil --out-dir data_manifests
+	$(PY) tools/make_manifest.py combined ../shared/data --out-dir data_manifests
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

@@ -251,6 +251,19 @@ def build_manifests(
         path = generate_catalog(root, n_items, n_wild, seed=seed or 0, unseen_fraction=unseen_fraction)
         return [(path, len(load_manifest(path, strict=True).rows))]
     builders = {"grocery": grocery_manifests, "coil": coil_manifests}
+    if kind == "combined":  # root: the folder holding grocery/ and coil/
+        seed_arg = {} if seed is None else {"seed": seed}
+        parts = [
+            (
+                name,
+                builders[name](Path(root) / name, unseen_fraction=unseen_fraction, **seed_arg)[
+                    f"{name}_train"
+                ],
+            )
+            for name in ("grocery", "coil")
+        ]
+        path = Path(out_dir) / "train_grocery_coil.csv"
+        return [(path, write_manifest(path, combine_manifests(parts)))]
     if kind not in builders:
         raise ValueError(
             f"unknown manifest kind {kind!r}; choose one of imagefolder, synthetic, {', '.join(builders)}"
@@ -262,3 +275,20 @@ def build_manifests(
         path = Path(out_dir) / f"{name}.csv"
         written.append((path, write_manifest(path, rows)))
     return written
+
+
+def combine_manifests(parts: Sequence[tuple[str, list[ManifestRow]]]) -> list[ManifestRow]:
+    """Join manifests under one data root: each part's paths get its folder as a prefix.
+
+    ``parts`` is ``[(prefix, rows), ...]``, e.g. ``[("grocery", grocery_rows), ("coil", coil_rows)]``
+    for a root of ``../shared/data``. Item ids are prefixed too when two parts share one.
+    """
+    seen: dict[str, str] = {}
+    out = []
+    for prefix, rows in parts:
+        for r in rows:
+            item = r.item_id
+            if seen.setdefault(item, prefix) != prefix:
+                item = f"{prefix}:{item}"
+            out.append(ManifestRow(0, f"{prefix}/{r.path}", item, r.split, r.role, r.candidates, r.bbox))
+    return out

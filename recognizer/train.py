@@ -50,7 +50,14 @@ DEFAULTS: dict[str, Any] = {
     "optimizer": {"name": "AdamW", "args": {"lr": 1.0e-3, "weight_decay": 1.0e-4}},
     "loss_optimizer": {"name": "SGD", "args": {"lr": 1.0e-2}},
     "epochs": 10,
-    "augment": {"crop_scale": [0.5, 1.0], "flip": 0.5, "color": 0.3},
+    "augment": {
+        "crop_scale": [0.5, 1.0],
+        "flip": 0.5,
+        "color": 0.3,
+        "background": 0.5,  # probability of pasting a cut-out item on a real photo
+        "mask": "auto",  # auto: only clean white/black backgrounds; grabcut: any photo (slow)
+        "background_folder": None,  # default: scikit-image's real photos
+    },
 }
 
 
@@ -104,6 +111,27 @@ def split_classes(items: list[str], fraction: float, seed: int) -> tuple[set[str
     return set(order[n_val:]), set(order[:n_val])
 
 
+def make_augment(cfg: dict, seed: int):
+    """``rgb -> rgb``: background paste (cut-out items on real photos), then geometric and photometric."""
+    from .augment import BackgroundPaste, load_background_folder
+    from .synthetic import load_backgrounds
+
+    paste = None
+    if cfg["background"] > 0:
+        bgs = (
+            load_background_folder(cfg["background_folder"])
+            if cfg["background_folder"]
+            else load_backgrounds()
+        )
+        paste = BackgroundPaste(bgs, p=cfg["background"], mask_method=cfg["mask"], seed=seed)
+    geo = _augmenter(cfg, seed)
+
+    def apply(rgb: np.ndarray) -> np.ndarray:
+        return geo(image=paste(rgb) if paste is not None else rgb)["image"]
+
+    return apply
+
+
 def _augmenter(cfg: dict, seed: int):
     import albumentations as A
 
@@ -127,10 +155,10 @@ def cache_features(
     paths = [manifest.resolve(r) for r in rows]
     pooled_model = _PooledOnly(model)
     for c in range(copies + 1):
-        aug = _augmenter(augment, seed * 1000 + c)
+        aug = make_augment(augment, seed * 1000 + c)
 
         def view(rgb: np.ndarray, _aug=aug, _clean=c == 0) -> list[np.ndarray]:
-            return [rgb] if _clean else [_aug(image=rgb)["image"]]
+            return [rgb] if _clean else [_aug(rgb)]
 
         res = embed_paths(
             pooled_model, paths, bboxes=[r.bbox for r in rows], view_fn=view, desc=f"features copy {c}"

@@ -91,3 +91,27 @@ def test_committed_manifests_are_current_and_point_at_real_files(name, source):
 
 def test_manifests_folder_holds_no_images():
     assert all(p.suffix == ".csv" for p in Path(MANIFESTS).iterdir())
+
+
+def test_combined_training_manifest_is_current():
+    from recognizer.datasets import combine_manifests
+
+    root = shared_path()
+    parts = [
+        (p, load_manifest(MANIFESTS / f"{p}_train.csv", root / p, strict=True).rows)
+        for p in ("grocery", "coil")
+    ]
+    fresh = combine_manifests(parts)
+    m = load_manifest(MANIFESTS / "train_grocery_coil.csv", root, strict=True)
+    assert [(r.path, r.item_id, r.split) for r in m.rows] == [(r.path, r.item_id, r.split) for r in fresh]
+    assert len(m.item_ids) == 35 + 33 and all(m.resolve(r).is_file() for r in m.rows[::50])
+
+
+def test_combine_prefixes_paths_and_clashing_ids():
+    from recognizer.datasets import combine_manifests
+    from recognizer.manifest import ManifestRow
+
+    rows = combine_manifests(
+        [("a", [ManifestRow(0, "x.jpg", "cola")]), ("b", [ManifestRow(0, "y.jpg", "cola")])]
+    )
+    assert [(r.path, r.item_id) for r in rows] == [("a/x.jpg", "cola"), ("b/y.jpg", "b:cola")]

@@ -17,7 +17,7 @@ from recognizer.datasets import build_manifests
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("kind", choices=["imagefolder", "grocery", "coil", "synthetic"])
+    ap.add_argument("kind", choices=["imagefolder", "grocery", "coil", "combined", "synthetic"])
     ap.add_argument("root", help="photo folder (imagefolder/grocery/coil) or output folder (synthetic)")
     ap.add_argument("--out", help="imagefolder: output CSV (default ROOT/manifest.csv)")
     ap.add_argument("--out-dir", default="data_manifests", help="grocery/coil: folder for the CSVs")
