@@ -275,7 +275,7 @@ def train_head(
             opt.step()
             if loss_opt:
                 loss_opt.step()
-            total += float(loss) * len(yb)
+            total += float(loss.detach()) * len(yb)
             n += len(yb)
         r1 = val_r1()
         log.append(
