@@ -8,7 +8,6 @@ chunks, so an interrupted run keeps every chunk it finished.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import os
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .embed import embed_paths
-from .fileio import fsync_replace, temp_path
+from .fileio import write_csv_atomic
 from .gallery import Gallery, GalleryError, Match, UnknownItemError, decide, file_sha256
 from .manifest import Manifest, ManifestRow
 from .model import EmbeddingModel, load_model
@@ -412,23 +411,19 @@ def _rerank_one(gallery: Gallery, path, bbox, m: Match, k: int, cfg: RerankConfi
 
 def write_predictions(path: str | os.PathLike, report: MatchReport) -> Path:
     """Write ``path,item_id,pred_item_id,score,accepted,topk_ids,topk_scores`` (atomically)."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(out)
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(PREDICTION_COLUMNS)
-        for r, m in zip(report.rows, report.matches, strict=True):
-            w.writerow(
-                [
-                    r.path,
-                    r.item_id,
-                    m.item_id or "",
-                    f"{m.score:.6f}",
-                    int(m.accepted),
-                    ";".join(i for i, _ in m.topk),
-                    ";".join(f"{s:.6f}" for _, s in m.topk),
-                ]
-            )
-    fsync_replace(tmp, out)
-    return out
+    return write_csv_atomic(
+        path,
+        PREDICTION_COLUMNS,
+        (
+            [
+                r.path,
+                r.item_id,
+                m.item_id or "",
+                f"{m.score:.6f}",
+                int(m.accepted),
+                ";".join(i for i, _ in m.topk),
+                ";".join(f"{s:.6f}" for _, s in m.topk),
+            ]
+            for r, m in zip(report.rows, report.matches, strict=True)
+        ),
+    )

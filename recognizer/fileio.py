@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 
@@ -23,3 +26,23 @@ def temp_path(dst: str | os.PathLike) -> Path:
     """The temporary sibling that :func:`fsync_replace` later renames over ``dst``."""
     dst = Path(dst)
     return dst.with_name(dst.name + ".tmp")
+
+
+def write_csv_atomic(
+    path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[object]]
+) -> Path:
+    """Write a UTF-8 CSV through a temp file: readers never see a partial file; a failure leaves the old one."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(out)
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(header)
+            w.writerows(rows)
+        fsync_replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    return out

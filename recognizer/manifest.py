@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .fileio import fsync_replace, temp_path
+from .fileio import write_csv_atomic
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("path", "item_id")
 OPTIONAL_COLUMNS: tuple[str, ...] = ("split", "role", "candidates", "bbox")
@@ -270,15 +270,7 @@ def write_manifest(
     bad = [c for c in columns if c not in ALL_COLUMNS]
     if bad:
         raise ManifestError(f"unknown column(s) {bad}; valid columns: {', '.join(ALL_COLUMNS)}")
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(out)
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(columns)
-        for d in dict_rows:
-            w.writerow([d.get(c, "") for c in columns])
-    fsync_replace(tmp, out)
+    write_csv_atomic(path, columns, ([d.get(c, "") for c in columns] for d in dict_rows))
     return len(dict_rows)
 
 
