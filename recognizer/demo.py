@@ -108,7 +108,8 @@ def run_demo(
         gdir = out / f"gallery_{n}"
         if gdir.exists():
             shutil.rmtree(gdir)
-        gallery = Gallery.create(gdir, net.describe(), model_spec=model if n == 0 else "")
+        spec = "" if n else (f"{model}@{input_size}" if input_size and not Path(model).is_dir() else model)
+        gallery = Gallery.create(gdir, net.describe(), model_spec=spec)
         enrolled = enroll_manifest(gallery, net, m, gallery_rows, **kw)
         full = match_manifest(gallery, net, m, rows=plain_rows, **kw)
         t0 = time.perf_counter()
