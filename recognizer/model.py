@@ -148,7 +148,7 @@ class EmbeddingModel(nn.Module):
         weights = self.weights_sha256()
         desc = {
             "format_version": FORMAT_VERSION,
-            "config": self.config,
+            "config": dict(self.config, input_size=self.preprocess.input_size),
             "preprocess": self.preprocess.to_dict(),
             "embedding_dim": self.embedding_dim,
             "weights_sha256": weights,
