@@ -449,16 +449,11 @@ class CameraMatcher:
 
     def _verify(self, crops: list[np.ndarray], scores: np.ndarray) -> np.ndarray:
         """Geometric re-ranking of each crop's top candidates (scored as in the gallery's re-ranking)."""
-        from .rerank import extract, rerank_scores
+        from .rerank import verify_items
 
-        cfg = self.cfg.rerank
         out = scores.copy()
         for i, c in enumerate(crops):
-            top = np.argsort(-scores[i])[: cfg.top_k]
-            names = [self.candidates[j] for j in top]
-            feats = extract(c, cfg.method, max_side=cfg.max_side, nfeatures=cfg.nfeatures)
-            gal = self.gallery.local_features(names, cfg.method, cfg.per_item)
-            out[i, top], _, _ = rerank_scores(names, scores[i, top], feats, gal, cfg)
+            out[i] = verify_items(self.gallery, c, self.candidates, scores[i], self.cfg.rerank)
         return out
 
     def annotate(self, frame_bgr: np.ndarray, fps: float) -> np.ndarray:

@@ -392,20 +392,16 @@ def _match_max_over_views(gallery: Gallery, res, cands: list, k: int) -> list[Ma
 def _rerank_one(gallery: Gallery, path, bbox, m: Match, k: int, cfg: RerankConfig) -> Match:
     """Verify the match's top items (or the whole candidate set) geometrically and re-decide."""
     from .imageio import ImageLoadError, crop_bbox, load_image
-    from .rerank import extract, rerank_scores
+    from .rerank import verify_items
 
     if not m.topk:
         return m
     items = [i for i, _ in m.topk[: cfg.top_k]]  # the embedding's best (within the candidates, if any)
     emb = np.array([s for _, s in m.topk[: cfg.top_k]], np.float32)
     try:
-        q = extract(
-            crop_bbox(load_image(path), bbox), cfg.method, max_side=cfg.max_side, nfeatures=cfg.nfeatures
-        )
+        final = verify_items(gallery, crop_bbox(load_image(path), bbox), items, emb, cfg)
     except (ImageLoadError, ValueError):
         return _truncate(m, k)
-    feats = gallery.local_features(items, cfg.method, cfg.per_item)
-    final, _, _ = rerank_scores(items, emb, q, feats, cfg)
     return decide(items, final[None, :], k, gallery.threshold, gallery.margin)[0]
 
 

@@ -99,22 +99,14 @@ def rerank_score_matrix(
 ) -> np.ndarray:
     """Add geometric verification to each query's top ``cfg.top_k`` items in a ``Q x I`` score matrix."""
     from .imageio import crop_bbox
-    from .rerank import extract, rerank_scores
+    from .rerank import verify_items
 
     out = scores.copy()
     for q, (path, bbox) in enumerate(zip(paths, bboxes, strict=True)):
-        top = np.argsort(-scores[q])[: cfg.top_k]
-        names = [items[j] for j in top]
         try:
-            feats = extract(
-                crop_bbox(load_image(path), bbox), cfg.method, max_side=cfg.max_side, nfeatures=cfg.nfeatures
-            )
+            out[q] = verify_items(gallery, crop_bbox(load_image(path), bbox), items, scores[q], cfg)
         except (ImageLoadError, ValueError):
             continue
-        final, _, _ = rerank_scores(
-            names, scores[q, top], feats, gallery.local_features(names, cfg.method, cfg.per_item), cfg
-        )
-        out[q, top] = final
     return out
 
 

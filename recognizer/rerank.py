@@ -138,3 +138,23 @@ def rerank_scores(
         if n >= cfg.min_inliers:
             final[j] += cfg.weight * n / (n + cfg.min_inliers)
     return final, inliers, cut
+
+
+def verify_items(
+    gallery, query_rgb: np.ndarray, items: Sequence[str], scores: np.ndarray, cfg: RerankConfig
+) -> np.ndarray:
+    """Scores of ``items`` after verifying the ``cfg.top_k`` best against the gallery's stored features.
+
+    The one re-ranking step that matching, the report and the camera share; items outside the
+    top K keep their embedding scores.
+    """
+    scores = np.asarray(scores, np.float32)
+    top = np.argsort(-scores)[: cfg.top_k]
+    names = [items[j] for j in top]
+    feats = extract(query_rgb, cfg.method, max_side=cfg.max_side, nfeatures=cfg.nfeatures)
+    final, _, _ = rerank_scores(
+        names, scores[top], feats, gallery.local_features(names, cfg.method, cfg.per_item), cfg
+    )
+    out = scores.copy()
+    out[top] = final
+    return out
