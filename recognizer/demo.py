@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .datasets import candidate_sets
-from .enroll import enroll_manifest, match_manifest
+from .enroll import enroll_manifest, format_skipped, match_manifest
 from .gallery import Gallery, Match
 from .manifest import Manifest, ManifestError, load_manifest
 from .model import build_model, load_model
@@ -115,8 +115,8 @@ def run_demo(
         t0 = time.perf_counter()
         constrained = gallery.search(full.embeddings, k=5, candidates=[cands_of[r.line] for r in full.rows])
         t_cons = time.perf_counter() - t0
-        for where, why in enrolled.failures + full.failures:
-            print(f"skipped {where}: {why}")
+        for line in format_skipped(enrolled.failures + full.failures):
+            print(line)
         metrics = evaluate_matches([r.item_id for r in full.rows], full.matches, constrained, k_label)
         n_q = len(full.rows)
         metrics.update(

@@ -111,10 +111,6 @@ class EmbedResult:
     view_embeddings: np.ndarray | None = None  # with view_fn: every view's embedding, image by image
     n_views: np.ndarray | None = None  # with view_fn: views per embedded image
 
-    @property
-    def images_per_second(self) -> float:
-        return len(self.indices) / self.seconds if self.seconds > 0 else float("nan")
-
 
 def embed_paths(
     model: EmbeddingModel,
@@ -196,16 +192,3 @@ def embed_arrays(
         model.eval()
     batch = torch.stack([model.preprocess.to_tensor(im) for im in images])
     return forward_batch(model, batch, channels_last=channels_last)
-
-
-def describe_failures(
-    failures: list[tuple[int, str]], rows: Sequence[ManifestRow] | None = None, limit: int = 20
-) -> str:
-    """Human-readable list of skipped images, with manifest line numbers when rows are given."""
-    out = [f"{len(failures)} image(s) skipped:"]
-    for i, msg in failures[:limit]:
-        where = f"line {rows[i].line}: " if rows is not None else ""
-        out.append(f"  {where}{msg}")
-    if len(failures) > limit:
-        out.append(f"  ... and {len(failures) - limit} more")
-    return "\n".join(out)

@@ -28,6 +28,16 @@ from .rerank import RerankConfig
 PREDICTION_COLUMNS = ("path", "item_id", "pred_item_id", "score", "accepted", "topk_ids", "topk_scores")
 
 
+def format_skipped(failures: Sequence[tuple[str, str]], limit: int = 20) -> list[str]:
+    """Report lines for skipped rows, ``(where, why)`` each; nothing when there are none."""
+    if not failures:
+        return []
+    lines = [f"skipped {len(failures)} bad row(s):"] + [f"  {w}: {why}" for w, why in failures[:limit]]
+    if len(failures) > limit:
+        lines.append(f"  ... and {len(failures) - limit} more")
+    return lines
+
+
 @dataclass
 class EnrollReport:
     """What an enrollment run did: counts, skipped rows with reasons, time."""
@@ -46,11 +56,7 @@ class EnrollReport:
         if self.duplicates:
             lines.append(f"skipped {len(self.duplicates)} identical image(s) already enrolled:")
             lines += [f"  {w} (already in item {it!r})" for w, it in self.duplicates[:10]]
-        if self.failures:
-            lines.append(f"skipped {len(self.failures)} bad row(s):")
-            lines += [f"  {w}: {why}" for w, why in self.failures[:20]]
-            if len(self.failures) > 20:
-                lines.append(f"  ... and {len(self.failures) - 20} more")
+        lines += format_skipped(self.failures)
         return "\n".join(lines)
 
 
@@ -290,9 +296,7 @@ class MatchReport:
                 f"top-1 {acc['top1']:.3f}, top-k {acc['topk']:.3f}, accepted-and-correct {acc['accepted_correct']:.3f} "
                 f"over {acc['labelled']} labelled rows"
             )
-        if self.failures:
-            lines.append(f"skipped {len(self.failures)} bad row(s):")
-            lines += [f"  {w}: {why}" for w, why in self.failures[:20]]
+        lines += format_skipped(self.failures)
         return "\n".join(lines)
 
 

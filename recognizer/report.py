@@ -501,10 +501,6 @@ def _public(m: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in m.items() if not k.startswith("_") and k != "candidate_hits_rows"}
 
 
-def _curves_json(m: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in m.get("_curves", {}).items()}
-
-
 def run_report(
     gallery_dir: str | os.PathLike,
     manifest: Manifest,
@@ -549,7 +545,7 @@ def run_report(
     figs = _plots(m, other) if "open_set" in m else {}
     conf = _confusion_gallery(ev, m, manifest) if "_top1_hits" in m else []
     (out / "report.html").write_text(render_html(m, figs, conf, summary, other, cmp), encoding="utf-8")
-    doc = {"metrics": _public(m), "curves": _curves_json(m), "skipped": ev.failures}
+    doc = {"metrics": _public(m), "curves": m.get("_curves", {}), "skipped": ev.failures}
     if other is not None:
         doc["compared"] = _public(other)
         doc["comparison"] = cmp

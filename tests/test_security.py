@@ -12,7 +12,9 @@ SOURCES = sorted([*(ROOT / "recognizer").rglob("*.py"), *(ROOT / "tools").rglob(
 def test_no_pickle_and_every_torch_load_is_weights_only():
     for path in SOURCES:
         text = path.read_text()
-        assert not re.search(r"^\s*import pickle|^\s*from pickle|cloudpickle|dill\b|joblib\.load", text, re.M), path
+        assert not re.search(
+            r"^\s*import pickle|^\s*from pickle|cloudpickle|dill\b|joblib\.load", text, re.M
+        ), path
         assert "allow_pickle=True" not in text, path
         for line in text.splitlines():
             if "torch.load(" in line:  # every call on one line, with weights_only=True on it
