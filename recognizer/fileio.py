@@ -46,3 +46,23 @@ def write_csv_atomic(
             tmp.unlink()
         raise
     return out
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write bytes through a temp file (see :func:`write_csv_atomic`)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(out)
+    try:
+        tmp.write_bytes(data)
+        fsync_replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    return out
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write UTF-8 text through a temp file."""
+    return write_bytes_atomic(path, text.encode("utf-8"))

@@ -177,12 +177,19 @@ class EmbeddingModel(nn.Module):
         if extra:
             desc["extra"] = extra
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        tmp = out / (WEIGHTS_FILE + ".tmp")
+        # Weights go to a file named by their hash, then the JSON naming it replaces the old JSON:
+        # a crash at any point leaves a folder that loads (old or new), never a mismatched pair.
+        weights_name = f"model.{desc['weights_sha256'][:16]}.safetensors"
+        desc["weights_file"] = weights_name
+        tmp = out / (weights_name + ".tmp")
         save_file(state, str(tmp), metadata={"fingerprint": desc["fingerprint"]})
-        fsync_replace(tmp, out / WEIGHTS_FILE)
+        fsync_replace(tmp, out / weights_name)
         tmp = out / (CONFIG_FILE + ".tmp")
         tmp.write_text(json.dumps(desc, indent=2, sort_keys=True))
         fsync_replace(tmp, out / CONFIG_FILE)
+        for old in out.glob("model*.safetensors"):
+            if old.name != weights_name:
+                old.unlink(missing_ok=True)
         self._fp_cache = desc["fingerprint"]
         return out
 
@@ -222,16 +229,23 @@ def load_model_dir(folder: str | os.PathLike) -> EmbeddingModel:
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    cfg_path, w_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
-    for f in (cfg_path, w_path):
-        if not f.is_file():
-            raise ModelLoadError(f"{f}: missing (a model folder holds {CONFIG_FILE} and {WEIGHTS_FILE})")
+    cfg_path = folder / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise ModelLoadError(f"{cfg_path}: missing (a model folder holds {CONFIG_FILE} and its weights file)")
     try:
         desc = json.loads(cfg_path.read_text())
         config = desc["config"]
         version = desc["format_version"]
     except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as e:
         raise ModelLoadError(f"{cfg_path}: not a valid model description ({e})") from None
+    weights_name = str(desc.get("weights_file", WEIGHTS_FILE))
+    if Path(weights_name).name != weights_name or not weights_name.endswith(".safetensors"):
+        raise ModelLoadError(
+            f"{cfg_path}: weights_file {weights_name!r} must be a .safetensors file in the folder"
+        )
+    w_path = folder / weights_name
+    if not w_path.is_file():
+        raise ModelLoadError(f"{w_path}: missing (named by {cfg_path})")
     if version != FORMAT_VERSION:
         raise ModelLoadError(f"{cfg_path}: format_version {version}, this code reads {FORMAT_VERSION}")
     model = build_model(config, pretrained=False)

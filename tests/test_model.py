@@ -49,8 +49,8 @@ def test_save_load_round_trip_without_pickle(tmp_path, tiny_model):
         pretrained=False,
     ).eval()
     folder = m.save(tmp_path / "ckpt")
-    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.safetensors"]
     desc = json.loads((folder / "model.json").read_text())
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["model.json", desc["weights_file"]])
     assert desc["embedding_dim"] == 32 and desc["preprocess"]["input_size"] == 64
     assert desc["fingerprint"] == m.fingerprint
     loaded = load_model(folder)
@@ -76,7 +76,7 @@ def test_fingerprint_changes_with_weights_and_preprocessing():
 
 def test_corrupt_or_mismatched_checkpoints_are_refused(tmp_path, tiny_model):
     folder = tiny_model.save(tmp_path / "ckpt")
-    w = folder / "model.safetensors"
+    w = folder / json.loads((folder / "model.json").read_text())["weights_file"]
     data = bytearray(w.read_bytes())
     data[-100] ^= 0xFF  # flip a weight byte
     w.write_bytes(bytes(data))
@@ -90,6 +90,32 @@ def test_corrupt_or_mismatched_checkpoints_are_refused(tmp_path, tiny_model):
         load_model_dir(folder)
     with pytest.raises(ModelLoadError, match="missing"):
         load_model_dir(tmp_path / "nothing_here")
+
+
+def test_resaving_replaces_weights_and_a_torn_save_still_loads(tmp_path, tiny_model):
+    """Weights are named by their hash and the JSON is the commit point (as after a crash mid-save)."""
+    folder = tiny_model.save(tmp_path / "ckpt")
+    first = json.loads((folder / "model.json").read_text())["weights_file"]
+    with torch.no_grad():
+        next(tiny_model.parameters()).add_(0.01)
+    tiny_model.train().eval()  # drop the cached fingerprint
+    # A save that died after writing the new weights but before the JSON: the old pair still loads.
+    from safetensors.torch import save_file
+
+    save_file(
+        {k: v.contiguous() for k, v in tiny_model.state_dict().items()},
+        str(folder / "model.0000.safetensors"),
+    )
+    assert load_model_dir(folder).weights_sha256() != tiny_model.weights_sha256()
+    tiny_model.save(folder)
+    second = json.loads((folder / "model.json").read_text())["weights_file"]
+    assert second != first and sorted(p.name for p in folder.iterdir()) == sorted(["model.json", second])
+    assert load_model_dir(folder).weights_sha256() == tiny_model.weights_sha256()
+    desc = json.loads((folder / "model.json").read_text())
+    desc["weights_file"] = "../escape.safetensors"
+    (folder / "model.json").write_text(json.dumps(desc))
+    with pytest.raises(ModelLoadError, match="must be a .safetensors file in the folder"):
+        load_model_dir(folder)
 
 
 def test_off_the_shelf_by_name():
