@@ -126,7 +126,7 @@ def grocery_manifests(
     unseen_fraction: float = 0.33,
     seed: int = GROCERY_SPLIT_SEED,
     k_candidates: int = 10,
-    fewshot: int = 5,
+    fewshot: int = 8,
 ) -> dict[str, list[ManifestRow]]:
     """Manifests for the Grocery Store subset, paths relative to ``root``.
 

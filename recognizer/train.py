@@ -99,9 +99,8 @@ def _merge(base: dict, over: dict, path: str = "") -> dict:
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
     """Defaults, then the YAML file, then ``key.sub=value`` overrides (values parsed as YAML)."""
     cfg = copy.deepcopy(DEFAULTS)
-    if path:
-        with open(path, encoding="utf-8") as f:
-            cfg = _merge(cfg, yaml.safe_load(f) or {})
+    for layer in _config_chain(path) if path else []:
+        cfg = _merge(cfg, layer)
     for ov in overrides or []:
         if "=" not in ov:
             raise ConfigError(f"override {ov!r} is not key=value")
@@ -116,6 +115,19 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
         cfg = _merge(cfg, node)
     _check(cfg)
     return cfg
+
+
+def _config_chain(path: str | Path, seen: tuple = ()) -> list[dict]:
+    """The file's layers, base first: a config may start from another with ``base: other.yaml`` (relative path)."""
+    p = Path(path).resolve()
+    if p in seen:
+        raise ConfigError(f"{path}: base configs form a loop ({' -> '.join(str(s) for s in (*seen, p))})")
+    with open(p, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config is a YAML mapping, got {type(data).__name__}")
+    base = data.pop("base", None)
+    return (_config_chain(p.parent / base, (*seen, p)) if base else []) + [data]
 
 
 def _check(cfg: dict[str, Any]) -> None:
@@ -669,10 +681,19 @@ class Trainer:
     def _cached_data(self):
         cfg = self.cfg
         cache_dir = Path(cfg["data"]["cache_dir"]) if cfg["data"]["cache_dir"] else self.out / "cache"
+        # The "pretrained" teacher is the student before training: its embeddings follow from the cached
+        # pooled features, so the plain feature cache serves (and is shared with runs without distillation).
+        from_features = self.teacher is not None and cfg["distill"]["teacher"] == "pretrained"
         x, y, t, skipped = cache_features(
             self.model, self.manifest, self.tr_rows, cfg["stage1"]["copies"], cfg["augment"], cfg["seed"],
-            teacher=self.teacher, cache_dir=cache_dir, dist=self.dist, num_workers=cfg["data"]["num_workers"],
+            teacher=None if from_features else self.teacher, cache_dir=cache_dir, dist=self.dist,
+            num_workers=cfg["data"]["num_workers"],
         )  # fmt: skip
+        if from_features:
+            with torch.no_grad():
+                t = torch.cat(
+                    [self.teacher.model.embed_features(c) for c in torch.from_numpy(x).split(4096)]
+                ).numpy()
         self._note_skipped(skipped)
         y = torch.tensor([self.classes[c] for c in y])
         return torch.from_numpy(x), y, (torch.from_numpy(t) if t is not None else None)

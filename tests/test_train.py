@@ -26,7 +26,7 @@ TINY = ["model.input_size=64", "stage1.copies=1", "data.val_fraction=0.4", "samp
         "data.num_workers=0"]  # fmt: skip
 
 
-def _train(catalog, out, *overrides, resume=False, torchrun=False, manifest=None):
+def _train(catalog, out, *overrides, resume=False, torchrun=False, manifest=None, config=None):
     cmd = [sys.executable, "tools/train.py"]
     if torchrun:
         cmd = [
@@ -38,7 +38,8 @@ def _train(catalog, out, *overrides, resume=False, torchrun=False, manifest=None
             "2",
             "tools/train.py",
         ]
-    cmd += ["--manifest", str(manifest or catalog), "--out", str(out), *TINY, *overrides]
+    cmd += ["--manifest", str(manifest or catalog), "--out", str(out)]
+    cmd += (["--config", config] if config else []) + [*TINY, *overrides]
     if resume:
         cmd.append("--resume")
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -130,7 +131,7 @@ def test_train_tool_two_stages_end_to_end(tmp_path, tiny_catalog):
     assert summary["epochs_run"] == 3 and summary["skipped"] == []
     log = json.loads((out / "log.json").read_text())
     assert [(row["stage"], row["epoch"]) for row in log] == [(0, 0), (1, 1), (1, 2), (2, 1)]
-    assert all(row["distill_loss"] >= 0 and row["images_per_second"] > 0 for row in log[1:])
+    assert all(row["distill_loss"] > -1e-6 and row["images_per_second"] > 0 for row in log[1:])
     assert (out / "log.csv").read_text().count("\n") == 5
     for line in ("stage 1 epoch 2/2: loss", "stage 2 epoch 1/1: loss"):
         assert line in r.stdout and " lr " in r.stdout and "val R@1" in r.stdout and "img/s" in r.stdout
@@ -230,3 +231,31 @@ def test_kill_9_during_training_then_resume_gives_the_uninterrupted_result(tmp_p
     assert [row["val_recall_at_1"] for row in la] == [row["val_recall_at_1"] for row in lb]
     r = _train(tiny_catalog, out, "stage1.epochs=31", resume=True)
     assert r.returncode == 2 and "written by another config" in r.stderr
+
+
+def test_every_shipped_config_loads_and_base_chains_merge(tmp_path):
+    for p in sorted((ROOT / "configs").glob("*.yaml")):
+        cfg = load_config(str(p))
+        assert cfg["model"]["backbone"] in ("lite0", "lite1", "lite2"), p
+    ft = load_config(str(ROOT / "configs" / "grocery_finetune.yaml"))
+    assert ft["stage2"]["epochs"] == 3 and ft["augment"]["background"] == 0.0  # from its base
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("base: b.yaml\n")
+    b.write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="base configs form a loop"):
+        load_config(str(a))
+    b.write_text("stage1: {epochs: 2, bogus: 1}\n")
+    with pytest.raises(ConfigError, match="unknown config key 'stage1.bogus'"):
+        load_config(str(a))
+
+
+def test_gpu_scale_recipe_runs_on_cpu_in_miniature(tmp_path, tiny_catalog):
+    """configs/gpu_10k.yaml end to end at toy size: streamed stage 1, SubCenterArcFace, class weights,
+    distillation from the pretrained model, stage 2 (AMP is off on CPU)."""
+    out = tmp_path / "gpu"
+    r = _train(tiny_catalog, out, "model.backbone=lite0", "stage1.epochs=1", "stage2.epochs=1", "sampler.per_class=2",
+               "data.val_fraction=0.4", config="configs/gpu_10k.yaml")  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = json.loads((out / "log.json").read_text())
+    assert [row["stage"] for row in log] == [0, 1, 2] and all(row["distill_loss"] > -1e-6 for row in log[1:])
+    assert not (out / "cache").exists()  # streamed, not cached
