@@ -1,7 +1,9 @@
 """Batch embedding: the one code path from image files (or arrays) to embedding vectors.
 
 Images are decoded and preprocessed in DataLoader workers while the main process runs
-the model under ``inference_mode`` in channels_last. A file that cannot be read does not
+the model under ``inference_mode`` in channels_last (or, for an exported model, ONNX
+Runtime: any object with ``preprocess``, ``embedding_dim`` and ``embed_batch``, see
+``recognizer.backend``). A file that cannot be read does not
 stop the batch: its row is reported in ``failures`` with the loader's message.
 """
 
@@ -94,10 +96,20 @@ def forward_batch(model: EmbeddingModel, batch: torch.Tensor, *, channels_last: 
 
 def prepare_for_inference(model: EmbeddingModel, *, channels_last: bool = True) -> EmbeddingModel:
     """Eval mode, and channels_last memory layout (about 2x faster on CPU for these CNNs)."""
+    if not isinstance(model, torch.nn.Module):  # another backend (recognizer.backend): nothing to prepare
+        return model
     model.eval()
     if channels_last:
         model.to(memory_format=torch.channels_last)
     return model
+
+
+def run_batch(model, batch: torch.Tensor, *, channels_last: bool = True) -> np.ndarray:
+    """One preprocessed batch through either backend: the torch model, or an object with ``embed_batch``
+    (``recognizer.backend.OnnxEmbedder``) -> ``B x D`` float32."""
+    if isinstance(model, torch.nn.Module):
+        return forward_batch(model, batch, channels_last=channels_last)
+    return model.embed_batch(batch)
 
 
 @dataclass
@@ -138,7 +150,7 @@ def embed_paths(
         shuffle=False,
         num_workers=workers,
         collate_fn=_collate,
-        pin_memory=model_device(model).type == "cuda",
+        pin_memory=isinstance(model, torch.nn.Module) and model_device(model).type == "cuda",
     )
     chunks: list[np.ndarray] = []
     indices: list[int] = []
@@ -153,7 +165,7 @@ def embed_paths(
     for idx, batch, bad, n_views in loader:
         failures.extend(bad)
         if batch is not None:
-            chunks.append(forward_batch(model, batch, channels_last=channels_last))
+            chunks.append(run_batch(model, batch, channels_last=channels_last))
             indices.extend(idx)
             counts.extend(n_views)
         if bar is not None:
@@ -188,7 +200,7 @@ def embed_arrays(
     """Embed in-memory RGB uint8 arrays (camera crops) as one batch -> ``N x D``."""
     if not images:
         return np.zeros((0, model.embedding_dim), np.float32)
-    if model.training:  # BatchNorm in train mode would use (and update) batch statistics
+    if getattr(model, "training", False):  # BatchNorm in train mode would use (and update) batch statistics
         model.eval()
     batch = torch.stack([model.preprocess.to_tensor(im) for im in images])
-    return forward_batch(model, batch, channels_last=channels_last)
+    return run_batch(model, batch, channels_last=channels_last)

@@ -19,7 +19,15 @@ import numpy as np
 
 from .embed import embed_paths
 from .fileio import write_csv_atomic
-from .gallery import Gallery, GalleryError, Match, UnknownItemError, decide, file_sha256
+from .gallery import (
+    Gallery,
+    GalleryError,
+    GalleryModelMismatchError,
+    Match,
+    UnknownItemError,
+    decide,
+    file_sha256,
+)
 from .manifest import Manifest, ManifestRow
 from .model import EmbeddingModel, load_model
 from .query import QueryOptions
@@ -60,17 +68,37 @@ class EnrollReport:
         return "\n".join(lines)
 
 
-def open_or_create_gallery(root: str | os.PathLike, model_spec: str | None) -> tuple[Gallery, EmbeddingModel]:
+def open_or_create_gallery(
+    root: str | os.PathLike,
+    model_spec: str | None,
+    *,
+    backend: str = "torch",
+    onnx: str | os.PathLike | None = None,
+    threads: int | None = None,
+) -> tuple[Gallery, EmbeddingModel]:
     """Open the gallery and its model, or create it for ``model_spec`` (default ``lite0``).
 
     An existing gallery is opened with its own model unless ``model_spec`` is given, in which
-    case that model must have the gallery's fingerprint.
+    case that model must have the gallery's fingerprint. ``backend="onnx"`` embeds with the
+    export ``onnx`` instead (see :func:`load_gallery_embedder`); a new gallery is then
+    created for that export's model.
     """
     root = Path(root)
     if (root / "gallery.sqlite").exists():
         gallery = Gallery.open(root)
-        model = load_gallery_model(gallery, model_spec)
+        model = load_gallery_embedder(gallery, model_spec, backend=backend, onnx=onnx, threads=threads)
         return gallery, model
+    if backend != "torch":
+        from .backend import load_embedder, record_export_use
+
+        if model_spec:
+            raise ValueError("--model is for --backend torch; an export's sidecar names its own model")
+        emb = load_embedder(backend, onnx=onnx, threads=threads)
+        gallery = Gallery.create(root, emb.describe(), model_spec=emb.gallery_spec)
+        record_export_use(gallery, emb)
+        return gallery, emb
+    if onnx:
+        raise ValueError("--onnx runs on --backend onnx, not torch")
     spec = model_spec or "lite0"
     model = load_model(spec)
     spec_str = str(Path(spec).resolve()) if Path(spec).is_dir() else spec
@@ -78,8 +106,38 @@ def open_or_create_gallery(root: str | os.PathLike, model_spec: str | None) -> t
     return gallery, model
 
 
+def load_gallery_embedder(
+    gallery: Gallery,
+    model_spec: str | None = None,
+    *,
+    backend: str = "torch",
+    onnx: str | os.PathLike | None = None,
+    threads: int | None = None,
+):
+    """The gallery's embedder on ``backend``: the torch model (:func:`load_gallery_model`), or the
+    ONNX export ``onnx`` when the gallery accepts it (``recognizer.backend.check_gallery_accepts``)."""
+    if backend == "torch":
+        if onnx:
+            raise ValueError("--onnx runs on --backend onnx, not torch")
+        return load_gallery_model(gallery, model_spec)
+    from .backend import BACKENDS, open_gallery_export
+
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if model_spec:
+        raise ValueError("--model is for --backend torch; an export's sidecar names its own model")
+    return open_gallery_export(gallery, onnx, threads=threads)
+
+
 def load_gallery_model(gallery: Gallery, model_spec: str | None = None) -> EmbeddingModel:
     """The gallery's embedding model (or ``model_spec``), checked against the gallery's fingerprint."""
+    exp = gallery.model_description.get("export")
+    if exp is not None:  # created with a non-equivalent (int8) export: no torch model makes its embeddings
+        raise GalleryModelMismatchError(
+            f"{gallery.root}: the gallery was built with the {exp['precision']} ONNX export {exp['file']} "
+            f"(sha256 {exp['sha256'][:16]}...); only that file makes comparable embeddings: "
+            "use --backend onnx [--onnx FILE]"
+        )
     spec = model_spec or gallery.model_spec
     if not spec:
         raise GalleryError(f"{gallery.root}: the gallery does not record its model; pass --model")

@@ -4,8 +4,8 @@ A gallery is a folder:
 
 * ``gallery.sqlite``: per-vector metadata (item id, source path, content hash, time
   added), the item table (id, display name, attributes), and ``meta`` (the embedding
-  model's description and fingerprint, the open-set threshold, and which index file is
-  current). Every change is one SQLite transaction.
+  model's description and fingerprint, the open-set threshold, which index file is
+  current, and the exported models accepted for it). Every change is one SQLite transaction.
 * ``vectors.<generation>.faiss``: the embeddings, a FAISS ``IndexIDMap2(IndexFlatIP)``
   whose ids are the ``vectors.vid`` primary keys.
 * ``gallery.lock``: taken by writers (``fcntl.flock``), so two enrollers never interleave.
@@ -493,6 +493,11 @@ class Gallery:
         return self.meta.get("model_spec", "")
 
     @property
+    def accepted_exports(self) -> list[dict[str, Any]]:
+        """Exported models (ONNX) whose embeddings this gallery accepted, one entry per file SHA-256."""
+        return json.loads(self.meta.get("accepted_exports", "[]"))
+
+    @property
     def threshold(self) -> float:
         return float(self.meta["threshold"])
 
@@ -801,6 +806,21 @@ class Gallery:
                 raise ValueError(f"top_n must be >= 1, got {top_n}")
             upd["top_n"] = str(int(top_n))
         self._set_meta(upd)
+
+    def record_export(self, entry: dict[str, Any]) -> bool:
+        """Add an accepted export (``entry["sha256"]`` identifies it) to ``accepted_exports``; False if listed."""
+        with self._writer() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            row = conn.execute("SELECT value FROM meta WHERE key='accepted_exports'").fetchone()
+            listed = json.loads(row[0]) if row else []
+            if any(e.get("sha256") == entry["sha256"] for e in listed):
+                conn.execute("ROLLBACK")
+                return False
+            listed.append(entry)
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('accepted_exports', ?)", (json.dumps(listed),))
+            conn.execute("COMMIT")
+        self.refresh()
+        return True
 
     def _set_meta(self, updates: dict[str, str]) -> None:
         with self._writer() as conn:

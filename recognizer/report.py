@@ -62,9 +62,14 @@ def evaluate_gallery(
     progress: bool = True,
     query_options: QueryOptions | None = None,
     rerank: RerankConfig | None = None,
+    model=None,
 ) -> Evaluation:
-    """Embed ``rows`` with the gallery's model and score them against every item."""
-    model = load_gallery_model(gallery, model_spec)
+    """Embed ``rows`` with the gallery's model (or ``model``: any backend with the gallery's fingerprint)
+    and score them against every item."""
+    if model is None:
+        model = load_gallery_model(gallery, model_spec)
+    else:
+        gallery.check_model(model.fingerprint, "the evaluating model")
     opts = query_options or QueryOptions()
     res, rows = embed_manifest(
         model, manifest, rows, batch_size=batch_size, num_workers=num_workers, progress=progress,
@@ -516,8 +521,13 @@ def run_report(
     n_boot: int = 1000,
     query_options: QueryOptions | None = None,
     rerank: RerankConfig | None = None,
+    embedder=None,
 ) -> tuple[dict[str, Any], str]:
-    """Run the report; returns (metrics JSON document, Markdown summary)."""
+    """Run the report; returns (metrics JSON document, Markdown summary).
+
+    ``embedder`` (e.g. an ONNX export from ``enroll.load_gallery_embedder``) replaces the
+    gallery's torch model for ``gallery_dir``; a ``compare_dir`` gallery uses its own model.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = manifest.select(role="query") or list(manifest.rows)
@@ -529,7 +539,7 @@ def run_report(
         query_options=query_options,
         rerank=rerank,
     )
-    ev = evaluate_gallery(gallery, manifest, rows, model_spec=model_spec, **kw)
+    ev = evaluate_gallery(gallery, manifest, rows, model_spec=model_spec, model=embedder, **kw)
     m = compute_metrics(ev, seed=seed, n_boot=n_boot)
     other = cmp = None
     if compare_dir is not None:

@@ -1,0 +1,343 @@
+"""Embedding backends: the torch model itself, or an exported ONNX model run by ONNX Runtime.
+
+Every backend keeps the contract the embedding code uses (``recognizer.embed``):
+
+* ``preprocess``: the :class:`~recognizer.preprocess.Preprocess` its input must be made with;
+* ``embedding_dim``, ``describe()`` and ``fingerprint``: what it is, for the gallery's model check;
+* one preprocessed ``B x 3 x S x S`` batch in, ``B x D`` L2-normalised float32 numpy out.
+
+:class:`~recognizer.model.EmbeddingModel` is the torch backend (``embed.forward_batch``);
+:class:`OnnxEmbedder` is the ONNX one (``embed_batch``). ``embed_paths`` and
+``embed_arrays`` take either, so the DataLoader code exists once.
+
+An export is described by a JSON sidecar next to the ``.onnx`` (written by
+``recognizer.export``): the source model's description and fingerprint, preprocessing,
+precision, the verification against PyTorch, and the file's SHA-256, which is checked on
+every load (a modified file is refused).
+
+The gallery rule (:func:`check_gallery_accepts`): a gallery takes embeddings from an
+export only when the export is *equivalent* to the gallery's model, i.e. an fp32 export
+of the model with the gallery's fingerprint whose verification passed with every cosine
+>= 0.999 (it then carries that same fingerprint). A non-equivalent export (int8, or an
+fp32 one that failed verification) has a fingerprint of its own, derived from the source
+fingerprint and the file's SHA-256: it is accepted only by a gallery created with that
+very file. Accepted exports are listed in the gallery's meta (``accepted_exports``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .gallery import Gallery, GalleryError, GalleryModelMismatchError
+from .model import ModelLoadError
+from .preprocess import Preprocess
+
+BACKENDS = ("torch", "onnx")
+SIDECAR_SUFFIX = ".json"  # model.onnx -> model.onnx.json
+SIDECAR_FORMAT = "recognizer-onnx-export"
+SIDECAR_VERSION = 1
+EQUIVALENT_COSINE = 0.999  # min per-image cosine vs PyTorch for an export to count as the same model
+
+
+class ExportLoadError(ModelLoadError):
+    """An exported model cannot be used: sidecar missing or unreadable, or the file does not match it."""
+
+
+class ExportNotAcceptedError(GalleryModelMismatchError):
+    """A gallery refuses an export that is not equivalent to its own model."""
+
+
+def sidecar_path(onnx_path: str | os.PathLike) -> Path:
+    p = Path(onnx_path)
+    return p.with_name(p.name + SIDECAR_SUFFIX)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def is_equivalent(sidecar: dict[str, Any]) -> bool:
+    """An fp32 export whose verification against PyTorch passed with min cosine >= 0.999."""
+    v = sidecar.get("verification") or {}
+    return (
+        sidecar.get("precision") == "fp32"
+        and bool(v.get("passed"))
+        and float(v.get("min_cosine", -1.0)) >= EQUIVALENT_COSINE
+    )
+
+
+def export_fingerprint(sidecar: dict[str, Any]) -> str:
+    """The fingerprint embeddings of this export carry.
+
+    An equivalent export has its source model's fingerprint; any other has its own, derived
+    from the source fingerprint, precision and the ``.onnx`` file's SHA-256.
+    """
+    src = sidecar["model"]["fingerprint"]
+    if is_equivalent(sidecar):
+        return src
+    core = f"{src}|{sidecar['precision']}|{sidecar['onnx_sha256']}"
+    return hashlib.sha256(core.encode()).hexdigest()[:16]
+
+
+def read_sidecar(onnx_path: str | os.PathLike) -> dict[str, Any]:
+    """The export's sidecar, checked for the keys this code relies on."""
+    sc = sidecar_path(onnx_path)
+    if not sc.is_file():
+        raise ExportLoadError(
+            f"{onnx_path}: no sidecar {sc.name} next to it; export with tools/export.py, which writes both"
+        )
+    try:
+        doc = json.loads(sc.read_text(encoding="utf-8"))
+        if doc.get("format") != SIDECAR_FORMAT:
+            raise KeyError("format")
+        for k in ("onnx_sha256", "precision", "model", "preprocess", "verification", "input_name"):
+            doc[k]
+        doc["model"]["fingerprint"], doc["model"]["embedding_dim"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise ExportLoadError(f"{sc}: not a valid export sidecar ({e!r})") from None
+    if doc.get("format_version") != SIDECAR_VERSION:
+        raise ExportLoadError(
+            f"{sc}: format_version {doc.get('format_version')}, this code reads {SIDECAR_VERSION}"
+        )
+    return doc
+
+
+def ort_providers(prefer_cuda: bool = True) -> list[str]:
+    """CUDA first when this ONNX Runtime build has it, CPU always."""
+    import onnxruntime as ort
+
+    avail = ort.get_available_providers()
+    return (["CUDAExecutionProvider"] if prefer_cuda and "CUDAExecutionProvider" in avail else []) + [
+        "CPUExecutionProvider"
+    ]
+
+
+def default_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def make_session(
+    model: str | os.PathLike | bytes, *, threads: int | None = None, providers: list[str] | None = None
+):
+    """An ONNX Runtime session: all graph optimisations, ``threads`` intra-op threads (default: torch's)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads or default_threads())
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    src = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(src, sess_options=so, providers=providers or ort_providers())
+
+
+class OnnxEmbedder:
+    """An exported embedding model run by ONNX Runtime, with the torch model's embedding contract.
+
+    Loading checks the file's SHA-256 against its sidecar (a modified or swapped file is
+    refused with :class:`ExportLoadError`); the session is built from the same bytes that
+    were hashed.
+    """
+
+    backend = "onnx"
+
+    def __init__(
+        self, path: str | os.PathLike, *, threads: int | None = None, providers: list[str] | None = None
+    ):
+        self.path = Path(path).resolve()
+        if not self.path.is_file():
+            raise ExportLoadError(f"{path}: no such exported model")
+        self.sidecar = read_sidecar(self.path)
+        data = self.path.read_bytes()
+        digest = sha256_bytes(data)
+        if digest != self.sidecar["onnx_sha256"]:
+            raise ExportLoadError(
+                f"{self.path}: SHA-256 {digest[:16]}... does not match its sidecar "
+                f"({self.sidecar['onnx_sha256'][:16]}...): the file was modified or replaced since export; "
+                "refusing it (re-export with tools/export.py)"
+            )
+        self.sha256 = digest
+        self.threads = int(threads or default_threads())
+        try:
+            self.session = make_session(data, threads=self.threads, providers=providers)
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise ExportLoadError(f"{self.path}: ONNX Runtime cannot load it ({str(e)[:300]})") from None
+        self.providers = self.session.get_providers()
+        self.input_name = self.sidecar["input_name"]
+        self.preprocess = Preprocess.from_dict(self.sidecar["preprocess"])
+        self.embedding_dim = int(self.sidecar["model"]["embedding_dim"])
+        self.precision: str = self.sidecar["precision"]
+        self.equivalent = is_equivalent(self.sidecar)
+        self.source_fingerprint: str = self.sidecar["model"]["fingerprint"]
+        self.fingerprint = export_fingerprint(self.sidecar)
+
+    def __repr__(self) -> str:
+        return (
+            f"OnnxEmbedder({self.path.name}, {self.precision}, {self.providers[0]}, {self.threads} threads)"
+        )
+
+    @property
+    def verification(self) -> dict[str, Any]:
+        return self.sidecar["verification"]
+
+    @property
+    def gallery_spec(self) -> str:
+        """What a gallery created with this export records as its model: the source model's spec
+        when equivalent (so the torch backend can serve the gallery too), else this file."""
+        return (self.sidecar.get("model_spec") or "") if self.equivalent else str(self.path)
+
+    def describe(self) -> dict[str, Any]:
+        """The source model's description; a non-equivalent export adds ``export`` and its own fingerprint."""
+        desc = dict(self.sidecar["model"])
+        if not self.equivalent:
+            desc["fingerprint"] = self.fingerprint
+            desc["export"] = self.record()
+        return desc
+
+    def record(self) -> dict[str, Any]:
+        """How a gallery lists this export in ``accepted_exports``."""
+        return {
+            "sha256": self.sha256,
+            "file": str(self.path),
+            "precision": self.precision,
+            "fingerprint": self.fingerprint,
+            "source_fingerprint": self.source_fingerprint,
+            "min_cosine": self.verification.get("min_cosine"),
+            "backend": "onnxruntime",
+        }
+
+    def embed_batch(self, batch: Any) -> np.ndarray:
+        """``B x 3 x S x S`` preprocessed batch (torch tensor or numpy) -> ``B x D`` float32."""
+        x = batch.detach().cpu().numpy() if hasattr(batch, "detach") else batch
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        out = self.session.run(None, {self.input_name: x})[0]
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def describe_model(desc: dict[str, Any]) -> str:
+    """``fingerprint (backbone, size px, dim D[, precision export FILE])`` for messages."""
+    s = (
+        f"{desc['fingerprint']} ({desc.get('config', {}).get('backbone', '?')}, "
+        f"{desc['preprocess']['input_size']} px, dim {desc['embedding_dim']}"
+    )
+    exp = desc.get("export")
+    return s + (f", {exp['precision']} export {Path(exp['file']).name})" if exp else ")")
+
+
+def check_gallery_accepts(gallery: Gallery, emb: OnnxEmbedder) -> None:
+    """Raise :class:`ExportNotAcceptedError` unless the gallery may take this export's embeddings."""
+    if emb.fingerprint == gallery.fingerprint:
+        return
+    mine = describe_model(gallery.model_description)
+    v = emb.verification
+    figures = f"min cosine {v.get('min_cosine', float('nan')):.4f}, mean {v.get('mean_cosine', float('nan')):.4f} on {v.get('images', '?')} images"
+    if emb.source_fingerprint == gallery.fingerprint:
+        raise ExportNotAcceptedError(
+            f"{gallery.root}: refusing {emb.path}: it is a {emb.precision} export of the gallery's model {mine}, "
+            f"but not verified equivalent to it ({figures}; equivalence needs every cosine >= {EQUIVALENT_COSINE}). "
+            f"Its embeddings (fingerprint {emb.fingerprint}) are not comparable with the enrolled ones: use the "
+            "fp32 export or --backend torch, or enroll into a new gallery created with this export"
+        )
+    if "export" in gallery.model_description:
+        raise ExportNotAcceptedError(
+            f"{gallery.root}: refusing {emb.path} ({emb.precision}, fingerprint {emb.fingerprint}): the gallery "
+            f"was built with the export {mine}, and only that file's embeddings are comparable"
+        )
+    raise ExportNotAcceptedError(
+        f"{gallery.root}: refusing {emb.path}: it is a {emb.precision} export of model "
+        f"{emb.source_fingerprint} ({emb.sidecar['model']['config'].get('backbone', '?')}, "
+        f"{emb.preprocess.input_size} px), but the gallery was built with model {mine}; "
+        "export the gallery's own model or enroll into a new gallery"
+    )
+
+
+def record_export_use(gallery: Gallery, emb: OnnxEmbedder) -> None:
+    """List the export in the gallery's ``accepted_exports`` (once); a busy or read-only gallery only warns."""
+    if any(e.get("sha256") == emb.sha256 for e in gallery.accepted_exports):
+        return
+    try:
+        gallery.record_export(dict(emb.record(), first_used=time.time()))
+    except (GalleryError, OSError, sqlite3.Error) as e:  # recording is best effort
+        print(
+            f"warning: {gallery.root}: could not record export {emb.path.name} in the gallery ({e})",
+            file=sys.stderr,
+        )
+
+
+def open_gallery_export(
+    gallery: Gallery, onnx: str | os.PathLike | None, *, threads: int | None = None, record: bool = True
+) -> OnnxEmbedder:
+    """Load an export for a gallery and check the gallery accepts it (see the module docstring).
+
+    Without ``onnx``, a gallery created with an export uses that file.
+    """
+    if onnx is None:
+        exp = gallery.model_description.get("export")
+        if exp is None:
+            raise ValueError("--backend onnx needs --onnx FILE (an export from tools/export.py)")
+        onnx = exp["file"]
+    emb = OnnxEmbedder(onnx, threads=threads)
+    check_gallery_accepts(gallery, emb)
+    if record:
+        record_export_use(gallery, emb)
+    return emb
+
+
+def load_embedder(
+    backend: str = "torch",
+    *,
+    model_spec: str | os.PathLike | None = None,
+    onnx: str | os.PathLike | None = None,
+    threads: int | None = None,
+):
+    """An embedder without a gallery: ``load_model(model_spec)`` for torch, :class:`OnnxEmbedder` for onnx."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend == "torch":
+        from .model import load_model
+
+        return load_model(model_spec or "lite0")
+    if onnx is None:
+        raise ValueError("the onnx backend needs an exported model file (--onnx FILE)")
+    return OnnxEmbedder(onnx, threads=threads)
+
+
+def add_backend_arguments(parser) -> None:
+    """``--backend``, ``--onnx`` and ``--threads`` for the tools."""
+    g = parser.add_argument_group("backend")
+    g.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="torch (default) or onnx: ONNX Runtime with an exported model (--onnx)",
+    )
+    g.add_argument(
+        "--onnx",
+        metavar="FILE",
+        help="model exported by tools/export.py (its .json sidecar next to it); implies --backend onnx. "
+        "A gallery accepts only an export verified equivalent to its model, or the one it was created with",
+    )
+    g.add_argument(
+        "--threads", type=int, help="ONNX Runtime intra-op threads (default: torch's thread count)"
+    )
+
+
+def backend_kwargs(args) -> dict[str, Any]:
+    """``{backend, onnx, threads}`` from :func:`add_backend_arguments` flags."""
+    backend = args.backend or ("onnx" if args.onnx else "torch")
+    if backend == "torch" and args.onnx:
+        raise ValueError("--onnx runs on --backend onnx, not torch")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    return {"backend": backend, "onnx": args.onnx, "threads": args.threads}
