@@ -8,7 +8,8 @@
 
 Proposals: full (whole frame), roi (--roi), grid (--grid 2x2 of the frame or ROI),
 foreground (moving/new objects over a static background; default). Without candidates
-every gallery item is a candidate. Ctrl-C or q stops a live source.
+every gallery item is a candidate. Ctrl-C or q stops a live source. --backend onnx --onnx
+FILE embeds the crops with an exported model (ONNX Runtime) that the gallery accepts.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from recognizer.backend import add_backend_arguments, backend_kwargs
 from recognizer.camera import PROPOSALS, CameraConfig, latency_table, run_camera
-from recognizer.enroll import load_gallery_model
+from recognizer.enroll import load_gallery_embedder
 from recognizer.gallery import Gallery, GalleryError
 from recognizer.model import ModelLoadError
 from recognizer.query import CAMERA_DEFAULTS, add_query_arguments, options_from_args
@@ -50,10 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-frames", type=int)
     ap.add_argument("--model", help="embed with this model instead of the gallery's own (same fingerprint)")
     add_query_arguments(ap, CAMERA_DEFAULTS)
+    add_backend_arguments(ap)
     args = ap.parse_args(argv)
     try:
         gallery = Gallery.open(args.gallery)
-        model = load_gallery_model(gallery, args.model)
+        model = load_gallery_embedder(gallery, args.model, **backend_kwargs(args))
         if args.candidates_file:
             with open(args.candidates_file, encoding="utf-8") as f:
                 candidates = [ln.strip() for ln in f if ln.strip()]

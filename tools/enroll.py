@@ -6,9 +6,12 @@
   python tools/enroll.py --gallery G --remove cola-330ml
   python tools/enroll.py --gallery G --list
   python tools/enroll.py --gallery G --set-threshold 0.6 [--set-margin 0.02]
+  python tools/enroll.py --gallery G --manifest items.csv --backend onnx --onnx export/model.onnx
 
 A new gallery is created for --model (default: off-the-shelf lite0). An existing gallery
-uses its own model; a --model with other weights is refused.
+uses its own model; a --model with other weights is refused. --backend onnx embeds with
+an export from tools/export.py: an existing gallery accepts it only when it was verified
+equivalent to the gallery's model (or the gallery was created with that very file).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from recognizer.backend import add_backend_arguments, backend_kwargs
 from recognizer.enroll import backfill_local_features, enroll_files, enroll_manifest, open_or_create_gallery
 from recognizer.gallery import Gallery, GalleryError
 from recognizer.imageio import ImageLoadError
@@ -50,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--commit-every", type=int, default=512, help="images per atomic commit")
     ap.add_argument("--workers", type=int, help="decoding workers (default: by core count)")
     ap.add_argument("--no-progress", action="store_true")
+    add_backend_arguments(ap)
     args = ap.parse_args(argv)
     if args.item and not args.images:
         ap.error("--item needs --images")
@@ -68,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                 for it in g.items():
                     print(f"  {it.item_id}\t{it.vectors}\t{it.name}")
             return 0
-        gallery, model = open_or_create_gallery(args.gallery, args.model)
+        gallery, model = open_or_create_gallery(args.gallery, args.model, **backend_kwargs(args))
         kw = dict(
             batch_size=args.batch_size,
             num_workers=args.workers,

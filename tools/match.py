@@ -7,7 +7,7 @@ Output columns: path,item_id,pred_item_id,score,accepted,topk_ids,topk_scores. i
 the ground truth when the manifest has one; pred_item_id is the best-scoring item and
 accepted (1/0) says whether it passed the gallery's open-set threshold and margin
 (0 means "unknown"). A manifest row's own candidates column (ids joined by ';') wins over
---candidates.
+--candidates. --backend onnx --onnx FILE embeds with an export the gallery accepts.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from recognizer.enroll import load_gallery_model, match_manifest, write_predictions
+from recognizer.backend import add_backend_arguments, backend_kwargs
+from recognizer.enroll import load_gallery_embedder, match_manifest, write_predictions
 from recognizer.gallery import Gallery, GalleryError
 from recognizer.manifest import ManifestError, load_manifest
 from recognizer.model import ModelLoadError
@@ -37,10 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int)
     ap.add_argument("--no-progress", action="store_true")
     add_query_arguments(ap, PHOTO_DEFAULTS)
+    add_backend_arguments(ap)
     args = ap.parse_args(argv)
     try:
         gallery = Gallery.open(args.gallery)
-        model = load_gallery_model(gallery, args.model)
+        model = load_gallery_embedder(gallery, args.model, **backend_kwargs(args))
         cands = [c.strip() for c in args.candidates.split(",") if c.strip()] if args.candidates else None
         query_options, rerank = options_from_args(args, gallery)
         report = match_manifest(

@@ -6,7 +6,8 @@
 
 --calibrate stores the recommended open-set threshold in the gallery. --compare evaluates
 a second gallery (its own model) on the same queries and tests the top-1 difference
-(McNemar exact test and a paired bootstrap interval).
+(McNemar exact test and a paired bootstrap interval). --backend onnx --onnx FILE embeds the
+queries with an export the gallery accepts (the --compare gallery keeps its own model).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from recognizer.backend import add_backend_arguments, backend_kwargs
+from recognizer.enroll import load_gallery_embedder
 from recognizer.gallery import Gallery, GalleryError
 from recognizer.manifest import ManifestError, load_manifest
 from recognizer.model import ModelLoadError
@@ -37,16 +40,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int)
     ap.add_argument("--no-progress", action="store_true")
     add_query_arguments(ap, PHOTO_DEFAULTS)
+    add_backend_arguments(ap)
     args = ap.parse_args(argv)
     try:
         manifest = load_manifest(args.manifest, args.data_root)
-        query_options, rerank = options_from_args(args, Gallery.open(args.gallery))
+        gallery = Gallery.open(args.gallery)
+        query_options, rerank = options_from_args(args, gallery)
+        backend = backend_kwargs(args)
+        embedder = None
+        if backend["backend"] != "torch":
+            embedder = load_gallery_embedder(gallery, args.model, **backend)
         if manifest.errors:
             print(manifest.error_report(), file=sys.stderr)
         _, summary = run_report(
             args.gallery, manifest, args.out, compare_dir=args.compare, calibrate=args.calibrate,
             model_spec=args.model, seed=args.seed, batch_size=args.batch_size, num_workers=args.workers,
-            progress=not args.no_progress, query_options=query_options, rerank=rerank,
+            progress=not args.no_progress, query_options=query_options, rerank=rerank, embedder=embedder,
         )  # fmt: skip
     except (GalleryError, ManifestError, ModelLoadError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
