@@ -277,6 +277,17 @@ def test_export_tool_end_to_end_then_enroll_and_match_on_onnx(tmp_path, exported
         "0",
     ]
     assert _tool("match", *q) == 0
+    rep = [
+        "--gallery",
+        str(gdir),
+        "--manifest",
+        str(tiny_catalog),
+        "--out",
+        str(tmp_path / "rep"),
+        "--no-progress",
+    ]
+    assert _tool("report", *rep, "--workers", "0", "--onnx", onnx_fp32) == 0
+    assert json.loads((tmp_path / "rep" / "metrics.json").read_text())["metrics"]["queries"] == 16
     capsys.readouterr()
     assert _tool("match", *q, "--backend", "onnx", "--onnx", onnx_int8) == 2
     err = capsys.readouterr().err
@@ -326,3 +337,23 @@ def test_cpu_tuning_reports_every_configuration_and_compile_failures(monkeypatch
     (ort_row,) = [r for r in rows if r["backend"] == "onnx"]
     assert ort_row["images_per_second"] > 0 and ort_row["precision"] == "fp32"
     assert torch.get_num_threads() >= 1
+
+
+def test_camera_runs_on_the_onnx_backend_with_the_same_labels(tmp_path, exported):
+    from recognizer.camera import run_camera
+    from recognizer.synthetic import catalog_image, generate_video, render_item
+
+    model, _, ex = exported
+    items = [(f"item{i:04d}", render_item(i, seed=5)) for i in range(4)]
+    g = Gallery.create(tmp_path / "g", model.describe(), model_spec="")
+    g.add([i for i, _ in items], embed_arrays(model, [catalog_image(r, 96) for _, r in items]))
+    generate_video(tmp_path / "v.mp4", items[:2], seconds=2, fps=10, seed=1, size=(160, 120))
+    emb = load_gallery_embedder(g, backend="onnx", onnx=ex["fp32"].path, threads=1)
+    logs = []
+    for embedder in (model, emb):
+        log: list = []
+        stats = run_camera(g, embedder, tmp_path / "v.mp4", headless=True, realtime=False, frame_log=log)
+        assert stats["frames"] == 20
+        logs.append([(i, [lab for _, lab, _ in labels]) for i, labels in log])
+    assert sum(len(labels) for _, labels in logs[0]) > 0  # the items were tracked and labelled
+    assert logs[0] == logs[1]
