@@ -12,6 +12,13 @@ Suites:
   10,000 x 100 = 1M x 256): add throughput, open time, exact full search at 1 and 64
   queries (against FAISS's own brute force), 10-candidate constrained search against the
   full scan, and IVF speed and recall against exact search.
+* ``embedding``: the tools' file-to-embedding path (decoding in workers) against a bare timm
+  forward on in-memory tensors, and enrollment images/s.
+* ``scaling``: exact and constrained search time and memory at 10k, 100k and 1M vectors, with
+  the growth exponent of each.
+* ``unseen``: top-1 on held-out grocery items (iconic-only and iconic + 8 photos enrollment)
+  for the off-the-shelf backbone and any trained models, paired against the first.
+* ``query_options``: accuracy and cost of the query options (zoom, crops, re-ranking).
 """
 
 from __future__ import annotations
@@ -321,12 +328,219 @@ def bench_training(
     return res
 
 
+def bench_embedding(
+    model: str = "lite0", n_images: int = 256, photo_size: int = 480, batch: int = 32, seed: int = 0
+) -> dict[str, Any]:
+    """The tools' embedding path against a bare timm forward pass, and enrollment throughput.
+
+    Baseline: the same timm network (``forward_features`` + average pooling) on tensors already
+    decoded and resized in memory, in timm's default memory format and in channels_last. The
+    tools' path (``embed_paths``) starts from JPEG files on disk: decoding, resizing and
+    normalising happen in DataLoader workers, and it must still reach >= 0.9 of the bare forward.
+    Enrollment adds SHA-256 dedupe and the gallery's atomic commits.
+    """
+    import torch
+
+    from .embed import embed_paths
+    from .enroll import enroll_files
+    from .gallery import Gallery
+    from .model import load_model
+    from .synthetic import generate_catalog
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_embed_"))
+    try:
+        man = generate_catalog(tmp / "cat", n_items=-(-n_images // 4), n_wild=4, seed=seed, size=photo_size)
+        paths = sorted((man.parent / "wild").glob("*.jpg"))[:n_images]
+        net = load_model(model)
+        size = net.preprocess.input_size
+        res: dict[str, Any] = {"model": model, "input_size": size, "images": len(paths), "batch": batch,
+                               "photo_size": photo_size, "torch_threads": torch.get_num_threads()}  # fmt: skip
+        from .imageio import load_image
+
+        x = torch.stack([net.preprocess.to_tensor(load_image(p)) for p in paths])
+        body = net.backbone.body
+
+        def bare(inp: torch.Tensor) -> None:
+            with torch.inference_mode():
+                for i in range(0, len(inp), batch):
+                    body.forward_features(inp[i : i + batch]).mean((2, 3))
+
+        res["bare_timm_images_per_second"] = len(x) / _median_time(lambda: bare(x), 2)
+        body.to(memory_format=torch.channels_last)
+        xc = x.contiguous(memory_format=torch.channels_last)
+        res["bare_timm_channels_last_images_per_second"] = len(x) / _median_time(lambda: bare(xc), 2)
+        t = _median_time(lambda: embed_paths(net, paths, batch_size=batch), 2)
+        res["tools_embed_images_per_second"] = len(paths) / t
+        res["tools_vs_bare_timm"] = res["tools_embed_images_per_second"] / res["bare_timm_images_per_second"]
+        res["tools_vs_bare_timm_channels_last"] = (
+            res["tools_embed_images_per_second"] / res["bare_timm_channels_last_images_per_second"]
+        )
+        g = Gallery.create(tmp / "g", net.describe(), model_spec=model)
+        items = [p.stem.split("_")[0] for p in paths]
+        t0 = time.perf_counter()
+        rep = enroll_files(
+            g, net, [(it, p, None) for it, p in zip(items, paths, strict=True)], progress=False
+        )
+        res["enroll_seconds"] = time.perf_counter() - t0
+        res["enroll_images_per_second"] = len(paths) / res["enroll_seconds"]
+        res["enroll_vs_tools_embed"] = res["enroll_images_per_second"] / res["tools_embed_images_per_second"]
+        res["enrolled_vectors"] = len(g)
+        del rep
+        return res
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bench_scaling(
+    sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000), per_item: int = 100, dim: int = 256, seed: int = 0
+) -> dict[str, Any]:
+    """Exact gallery search time and memory at several gallery sizes, with the growth exponent.
+
+    For each size: milliseconds per query (one query; and batches of 64), constrained search to
+    10 candidates, the gallery's resident memory (RSS growth when it is opened) and the extra
+    peak memory while querying. The exponent is the slope of log(time) against log(size):
+    1.0 is a linear scan; constrained search should stay flat (about 0).
+    """
+    import subprocess
+    import sys
+
+    from .ann import perturbed_queries
+    from .gallery import Gallery
+
+    rows = []
+    tmp = Path(tempfile.mkdtemp(prefix="bench_scaling_"))
+    desc = {"fingerprint": "bench", "embedding_dim": dim, "preprocess": {"input_size": 224}, "config": {}}
+    try:
+        for n in sizes:
+            n_items = max(1, n // per_item)
+            vecs = clustered_vectors(n_items, per_item, dim, seed)
+            g = Gallery.create(tmp / f"g{n}", desc, ann_threshold=10**12)
+            g.add(
+                [f"i{i}" for i in range(n_items) for _ in range(per_item)],
+                vecs,
+                hashes=[str(i) for i in range(len(vecs))],
+            )
+            np.save(tmp / "q.npy", perturbed_queries(vecs, 64, np.random.default_rng(seed + 1)))
+            del vecs, g
+            # A fresh process per size, so its memory figures are the gallery's alone.
+            code = "import json, sys; from recognizer.bench import scaling_probe; print(json.dumps(scaling_probe(*sys.argv[1:])))"
+            out = subprocess.run(
+                [sys.executable, "-c", code, str(tmp / f"g{n}"), str(tmp / "q.npy")],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            rows.append({"vectors": n, **json.loads(out.stdout.strip().splitlines()[-1])})
+            shutil.rmtree(tmp / f"g{n}", ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    res: dict[str, Any] = {"per_item": per_item, "dim": dim, "table": rows}
+    if len(rows) >= 2:
+        ln = np.log([r["vectors"] for r in rows])
+        for key in (
+            "exact_ms_per_query_1",
+            "exact_ms_per_query_64",
+            "constrained10_ms_per_query",
+            "gallery_rss_mb",
+        ):
+            res[f"exponent_{key}"] = float(np.polyfit(ln, np.log([max(r[key], 1e-9) for r in rows]), 1)[0])
+    return res
+
+
+def scaling_probe(root: str, queries: str) -> dict[str, float]:
+    """Open one gallery and time its searches (run in a fresh process by :func:`bench_scaling`)."""
+    import faiss  # noqa: F401 -- libraries loaded before the baseline reading
+
+    from .gallery import Gallery
+
+    q = np.load(queries)
+    rss0 = _rss_mb()
+    g = Gallery.open(root, ann_threshold=10**12)
+    g.search(q[:1], k=10)  # everything loaded
+    rss1 = _rss_mb()
+    _reset_peak_rss()
+    n = len(g)
+    reps = 5 if n >= 500_000 else 20
+    one = 1000 * _median_time(lambda: g.search(q[:1], k=10), reps)
+    many = 1000 * _median_time(lambda: g.search(q, k=10), max(2, reps // 4)) / len(q)
+    cands = g.item_ids[:10]
+    t0 = time.perf_counter()
+    for i in range(500):
+        g.search(q[i % 64 : i % 64 + 1], k=5, candidates=cands)
+    cons = 1000 * (time.perf_counter() - t0) / 500
+    return {
+        "exact_ms_per_query_1": one,
+        "exact_ms_per_query_64": many,
+        "constrained10_ms_per_query": cons,
+        "gallery_rss_mb": rss1 - rss0,
+        "bytes_per_vector": (rss1 - rss0) * 2**20 / n,
+        "query_peak_extra_mb": max(0.0, _peak_since_reset_mb() - rss1),
+    }
+
+
+def _reset_peak_rss() -> None:
+    """Linux: restart the VmHWM high-water mark (``echo 5 > /proc/self/clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_since_reset_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return peak_rss_mb()
+
+
+def _rss_mb() -> float:
+    """Current resident memory of this process (Linux /proc; peak RSS elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return peak_rss_mb()
+
+
+def bench_unseen(
+    models: dict[str, str] | None = None,
+    protocols: dict[str, str] | None = None,
+    data_root: str = "../shared/data/grocery",
+    max_queries: int | None = None,
+) -> dict[str, Any]:
+    """Top-1 on held-out grocery items under two enrollment protocols, each model against the first.
+
+    Defaults: the off-the-shelf lite0 as baseline, then any models given (e.g. trained checkpoints);
+    protocols: the iconic catalog image alone, and iconic + 8 train photos per item.
+    """
+    from .protocols import evaluate_protocols
+
+    root = Path(__file__).resolve().parent.parent / "data_manifests"
+    if not Path(data_root).is_dir():
+        return {"skipped": f"{data_root} not found (real data)"}
+    models = models or {"lite0 (off the shelf)": "lite0"}
+    protocols = protocols or {
+        "iconic only": str(root / "grocery_unseen.csv"),
+        "iconic + 8 photos": str(root / "grocery_unseen_fewshot.csv"),
+    }
+    return evaluate_protocols(models, protocols, data_root, max_queries=max_queries)
+
+
 SUITES: dict[str, Callable[..., dict[str, Any]]] = {
     "gallery": bench_gallery,
     "query_options": bench_query_options,
     "training": bench_training,
+    "embedding": bench_embedding,
+    "scaling": bench_scaling,
+    "unseen": bench_unseen,
 }
 QUICK_ARGS: dict[str, dict[str, Any]] = {
+    "embedding": {"model": "lite0@64", "n_images": 32, "photo_size": 96, "batch": 8},
+    "scaling": {"sizes": (1_000, 4_000, 16_000), "per_item": 20, "dim": 64},
+    "unseen": {"max_queries": 20},
     "gallery": {"n_items": 1000, "per_item": 20},
     "training": {"n_classes": 100, "batch": 8, "input_size": 64, "steps": 2},
     "query_options": {
@@ -369,6 +583,10 @@ def run_bench(
     return doc
 
 
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def markdown_table(doc: dict[str, Any]) -> str:
     """One table per suite: figure, value (and one row per option for nested option tables)."""
     lines = [f"Machine: {doc['machine']['cpu_count']} CPUs, {doc['machine']['platform']}", ""]
@@ -378,6 +596,15 @@ def markdown_table(doc: dict[str, Any]) -> str:
         for k, v in res.items():
             if isinstance(v, dict) and "configs" in v:
                 nested.append((k, v))
+            elif k == "protocols" and isinstance(v, dict):
+                from .protocols import protocols_markdown
+
+                lines += ["", protocols_markdown(res), ""]
+            elif isinstance(v, list) and v and isinstance(v[0], dict):
+                cols = list(v[0])
+                lines += ["", "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
+                lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in v]
+                lines.append("")
             else:
                 lines.append(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |")
         for k, v in nested:

@@ -21,3 +21,26 @@ def test_bench_quick_writes_json_and_table(tmp_path):
     assert g["constrained10_ms_per_query"] > 0 and g["exact_ms_per_query_1"] > 0
     assert t["n_classes"] == 100 and t["cached_head_samples_per_second"] > 0 and t["arcface_weight_mb"] > 0
     assert "| constrained_speedup_vs_full_scan |" in (tmp_path / "bench.md").read_text()
+
+
+def test_embedding_scaling_and_protocol_suites_at_quick_sizes(tmp_path, tiny_catalog):
+    from recognizer.bench import bench_embedding, bench_scaling, markdown_table
+    from recognizer.protocols import evaluate_protocols, protocols_markdown
+
+    e = bench_embedding(model="lite0@64", n_images=16, photo_size=96, batch=8)
+    assert e["images"] == 16 and e["enrolled_vectors"] == 16
+    for k in ("bare_timm_images_per_second", "tools_embed_images_per_second", "enroll_images_per_second"):
+        assert e[k] > 0
+    assert e["tools_vs_bare_timm"] == e["tools_embed_images_per_second"] / e["bare_timm_images_per_second"]
+    s = bench_scaling(sizes=(500, 2000), per_item=10, dim=32)
+    assert [r["vectors"] for r in s["table"]] == [500, 2000]
+    assert all(r["gallery_rss_mb"] >= 0 and r["exact_ms_per_query_1"] > 0 for r in s["table"])
+    assert "exponent_exact_ms_per_query_1" in s
+    md = markdown_table({"machine": {"cpu_count": 2, "platform": "x"}, "suites": {"scaling": s}})
+    assert "| vectors | exact_ms_per_query_1 |" in md
+    # the protocol evaluation on the tiny catalog: the off-the-shelf model against itself at another size
+    p = evaluate_protocols({"a": "lite0@64", "b": "lite0@96"}, {"one-shot": str(tiny_catalog)}, None)
+    cells = p["protocols"]["one-shot"]
+    assert cells["a"]["gallery_vectors"] == 8 and cells["a"]["queries"] == 16
+    assert 0 <= cells["b"]["top1"] <= 1 and "mcnemar_p" in cells["b"]["vs_baseline"]
+    assert "| one-shot | b |" in protocols_markdown(p)
