@@ -167,6 +167,21 @@ def recall_at_1(emb: np.ndarray, labels: np.ndarray) -> float:
     return float((labels[s.argmax(axis=1)] == labels).mean())
 
 
+def validation_recall(emb: np.ndarray, labels: np.ndarray, is_gallery: np.ndarray) -> float:
+    """Recall@1 of the validation classes, as enrollment will use the model.
+
+    With ``role=gallery`` rows (e.g. catalog images) the photos are matched against those alone,
+    one-shot, which is far harder and more telling than leave-one-out among photos (near-duplicate
+    neighbours make that saturate); without them, leave-one-out.
+    """
+    if not is_gallery.any() or is_gallery.all():
+        return recall_at_1(emb, labels)
+    e = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    g, q = np.flatnonzero(is_gallery), np.flatnonzero(~is_gallery)
+    best = (e[q] @ e[g].T).argmax(axis=1)
+    return float((labels[g][best] == labels[q]).mean())
+
+
 # ---------------------------------------------------------------------------------------- augmentation
 
 
@@ -783,27 +798,27 @@ class Trainer:
             self.dist.barrier()
             return float("nan")
         self.model.eval()
+        from .embed import embed_paths
+
+        paths = [self.manifest.resolve(r) for r in self.va_rows]
+        bboxes = [r.bbox for r in self.va_rows]
+        nw = self.cfg["data"]["num_workers"]
         if use_cache:
             if getattr(self, "_val_cache", None) is None:
-                x, y, _, skipped = cache_features(
-                    self.model, self.manifest, self.va_rows, 0, self.cfg["augment"], self.cfg["seed"],
-                    num_workers=self.cfg["data"]["num_workers"],
-                )  # fmt: skip
-                self._note_skipped(skipped)
-                self._val_cache = (torch.from_numpy(x), y)
-            x, y = self._val_cache
+                res = embed_paths(_CacheNet(self.model, None), paths, bboxes=bboxes, num_workers=nw)
+                self._val_cache = (torch.from_numpy(res.embeddings), res.indices, res.failures)
+            x, idx, failures = self._val_cache
             e = self.model.embed_features(x.to(self.dist.device)).float().cpu().numpy()
         else:
-            from .embed import embed_paths
-
             res = embed_paths(
-                self.model, [self.manifest.resolve(r) for r in self.va_rows], bboxes=[r.bbox for r in self.va_rows],
-                num_workers=self.cfg["data"]["num_workers"], channels_last=self.cfg["channels_last"],
-            )  # fmt: skip
-            self._note_skipped([(str(self.manifest.resolve(self.va_rows[i])), m) for i, m in res.failures])
-            e, y = res.embeddings, np.array([self.va_rows[i].item_id for i in res.indices])
+                self.model, paths, bboxes=bboxes, num_workers=nw, channels_last=self.cfg["channels_last"]
+            )
+            e, idx, failures = res.embeddings, res.indices, res.failures
+        self._note_skipped([(str(paths[i]), m) for i, m in failures])
+        y = np.array([self.va_rows[i].item_id for i in idx])
+        gallery = np.array([self.va_rows[i].role == "gallery" for i in idx])
         self.dist.barrier()
-        return recall_at_1(e, y)
+        return validation_recall(e, y, gallery)
 
     # -- bookkeeping
     def _note_skipped(self, items) -> None:

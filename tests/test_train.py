@@ -19,6 +19,7 @@ from recognizer.train import (
     recall_at_1,
     set_train_mode,
     split_classes,
+    validation_recall,
     warmup_cosine,
 )
 
@@ -72,6 +73,14 @@ def test_class_split_and_recall():
     emb = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], np.float32)
     assert recall_at_1(emb, np.array(["a", "a", "b", "b"])) == 1.0
     assert recall_at_1(emb, np.array(["a", "b", "a", "b"])) == 0.0
+
+
+def test_validation_is_one_shot_against_gallery_rows_when_there_are_some():
+    emb = np.array([[1, 0], [0, 1], [0.9, 0.1], [0.6, 0.4], [0.1, 0.9]], np.float32)
+    y = np.array(["a", "b", "a", "b", "b"])
+    gal = np.array([True, True, False, False, False])
+    assert validation_recall(emb, y, gal) == pytest.approx(2 / 3)  # [0.6, 0.4] is nearer a's catalog image
+    assert validation_recall(emb, y, np.zeros(5, bool)) == recall_at_1(emb, y)
 
 
 def test_warmup_then_cosine():
