@@ -211,6 +211,11 @@ def evaluate_top1(
         "skipped": m["skipped_rows"],
         "embed_ms_per_image": m["embed_ms_per_image"],
         "enroll_seconds": t_enroll,
+        # per query (manifest line): top-1 correct, for paired comparisons between backends
+        "hits_by_line": {
+            int(ev.rows[int(i)].line): bool(h)
+            for i, h in zip(m.get("_kq", []), m.get("_top1_hits", []), strict=True)
+        },
     }
 
 
@@ -341,6 +346,7 @@ def run_deploy_table(
     quick: bool = False,
     workdir: str | os.PathLike | None = None,
     out_dir: str | os.PathLike | None = None,
+    tune: bool = False,
     log: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
     """Backbone x backend x input size: img/s at ``batch``, single-image latency, model MB, top-1.
@@ -355,6 +361,8 @@ def run_deploy_table(
 
     ``quick``: a smoke run in seconds: one model (``lite0`` unless given), size 64, a
     6-item synthetic catalog for accuracy and verification, few timing runs.
+    ``tune``: also run :func:`tune_cpu` on the first model at the largest size (torch threads
+    1..N x batch 1/32 x channels_last, ``torch.compile``, ONNX Runtime threads).
     Writes ``deploy.json`` and ``deploy.md`` into ``out_dir`` when given.
     """
     from .backend import OnnxEmbedder
@@ -411,6 +419,7 @@ def run_deploy_table(
             "notes": notes,
         }
         t_all = time.perf_counter()
+        fp32_files: dict[tuple[str, int], Path] = {}
         for spec in models:
             for size in sizes:
                 model, mspec = _load_at_size(spec, size)
@@ -427,6 +436,8 @@ def run_deploy_table(
                             threads=threads, strict=False, model_spec=mspec,
                         ):  # fmt: skip
                             exports["onnx-fp32" if e.precision == "fp32" else f"onnx-{e.precision}"] = e
+                            if e.precision == "fp32":
+                                fp32_files[(spec, size)] = e.path
                     except ExportError as err:
                         notes.append(f"{label}@{size}: export failed: {err}")
                     say(f"{label}@{size}: exported {sorted(exports)} in {time.perf_counter() - t0:.0f} s")
@@ -455,7 +466,9 @@ def run_deploy_table(
                     row.update(speeds[b], load_average=load, size_mb=model_size_mb(emb))
                     row["parameters"] = parameter_count(model)
                     if ev_manifest is not None:
-                        row["accuracy"] = evaluate_top1(emb, ev_manifest, query_stride=query_stride, workdir=tmp)
+                        row["accuracy"] = evaluate_top1(
+                            emb, ev_manifest, query_stride=query_stride, workdir=tmp
+                        )
                     say(
                         f"{label}@{size} {b}: {row['images_per_second']:.1f} img/s, {row['latency_ms']:.1f} ms, "
                         f"{row['size_mb']:.1f} MB"
@@ -464,6 +477,24 @@ def run_deploy_table(
                 doc["rows"].extend(rows.values())
                 del group
         _add_int8_loss(doc["rows"])
+        if tune:
+            spec, size = models[0], max(sizes)
+            t0 = time.perf_counter()
+            n = int(threads or torch.get_num_threads())
+            doc["tuning"] = {
+                "model": f"{_spec_label(spec)}@{size}",
+                "rows": tune_cpu(
+                    _load_at_size(spec, size)[0],
+                    threads=sorted({1, n}),
+                    batch_sizes=(1, batch),
+                    channels_last=(False, True),
+                    compile=not quick,
+                    onnx=fp32_files.get((spec, size)),
+                    repeats=repeats if quick else 3,
+                ),  # fmt: skip
+                "load_average": list(os.getloadavg()),
+            }
+            say(f"tuning {doc['tuning']['model']}: {time.perf_counter() - t0:.0f} s")
         doc["seconds"] = time.perf_counter() - t_all
         doc["machine"]["load_average_end"] = list(os.getloadavg())
     finally:
@@ -474,7 +505,10 @@ def run_deploy_table(
 
 
 def _add_int8_loss(rows: list[dict[str, Any]]) -> None:
-    """Top-1 points lost by each int8 row against fp32 ONNX of the same model and size (else torch)."""
+    """Top-1 points lost by each int8 row against fp32 ONNX of the same model and size (else torch),
+    with McNemar's exact test on the same queries; then drops the per-query hits from the rows."""
+    from .metrics import mcnemar_exact
+
     by_key = {(r["model"], r["input_size"], r["backend"]): r for r in rows}
     for r in rows:
         if "int8" not in r["backend"] or "accuracy" not in r:
@@ -484,12 +518,28 @@ def _add_int8_loss(rows: list[dict[str, Any]]) -> None:
             if base is not None and "accuracy" in base:
                 r["int8_top1_loss"] = base["accuracy"]["top1"] - r["accuracy"]["top1"]
                 r["int8_loss_vs"] = ref
+                a, b = base["accuracy"]["hits_by_line"], r["accuracy"]["hits_by_line"]
+                common = sorted(set(a) & set(b))
+                if common:
+                    n01, n10, p = mcnemar_exact(
+                        np.array([a[q] for q in common]), np.array([b[q] for q in common])
+                    )
+                    r["int8_mcnemar"] = {"fp32_only_correct": n01, "int8_only_correct": n10, "p": p}
                 break
+    for r in rows:
+        if "accuracy" in r:
+            r["accuracy"].pop("hits_by_line", None)
 
 
 def deploy_markdown(doc: dict[str, Any]) -> str:
     """The table as Markdown, with the settings and machine it was measured on."""
     st, mc = doc["settings"], doc["machine"]
+    acc0 = next((r["accuracy"] for r in doc["rows"] if r.get("accuracy")), None)
+    n_items = acc0["items"] if acc0 else "-"
+    if st["query_stride"] == 1:
+        queries = f"all {acc0['queries'] if acc0 else ''} role=query rows"
+    else:
+        queries = f"every {st['query_stride']}th role=query row ({acc0['queries'] if acc0 else '-'} queries)"
     lines = [
         f"# Deployment speed and accuracy ({'quick smoke run' if doc.get('quick') else 'full table'})",
         "",
@@ -502,12 +552,14 @@ def deploy_markdown(doc: dict[str, Any]) -> str:
         f"- img/s: embedding only (preprocessed input, no decoding), batch {st['batch']}, median of "
         f"{st['repeats']} batches; latency: one image, median of {st['latency_runs']} runs.",
         "- MB: the .onnx file; for torch the float32 weights.",
-        f"- top-1: `{st['manifest']}` (data root `{st['data_root']}`), gallery = the role=gallery rows, queries = "
-        f"every {st['query_stride']}. role=query row ({'all' if st['query_stride'] == 1 else 'subsampled'}), "
+        f"- top-1: `{_rel(st['manifest'])}` (data root `{_rel(st['data_root'])}`), gallery = the role=gallery rows "
+        f"({n_items} items), queries = {queries}, "
         f"query options: {st['query_options']}; each backend enrolls and matches with its own embeddings "
         "(an int8 export gets a gallery of its own: the gallery rule refuses it for an fp32 gallery).",
         f"- verify: min / mean cosine of the export vs PyTorch on {st['n_verify']} images of the same manifest; "
         "fp32 must reach 0.999 (min), int8 0.98 (mean) and 0.95 (min).",
+        "- int8 top-1 loss: fp32 top-1 minus int8 top-1 in points (negative: int8 scored higher); in brackets the "
+        "queries only fp32 / only int8 got right and McNemar's exact p on the same queries.",
         "",
         "| backbone | input | backend | img/s (b32) | latency ms (b1) | MB | top-1 | top-1 within candidates "
         "| int8 top-1 loss (points) | verify min / mean cos |",
@@ -526,16 +578,51 @@ def deploy_markdown(doc: dict[str, Any]) -> str:
             if v
             else "reference"
         )
-        loss = f"{100 * r['int8_top1_loss']:.1f} vs {r['int8_loss_vs']}" if "int8_top1_loss" in r else ""
+        loss = ""
+        if "int8_top1_loss" in r:
+            loss = f"{100 * r['int8_top1_loss']:.1f} vs {r['int8_loss_vs']}"
+            if "int8_mcnemar" in r:
+                mn = r["int8_mcnemar"]
+                loss += f" ({mn['fp32_only_correct']}/{mn['int8_only_correct']}, p={mn['p']:.2f})"
         lines.append(
             f"| {r['model']} | {r['input_size']} | {r['backend']} | {r['images_per_second']:.1f} | "
             f"{r['latency_ms']:.1f} | {r['size_mb']:.1f} | {top1} | {'-' if wc is None else f'{wc:.3f}'} | "
             f"{loss} | {ver} |"
         )
+    if doc.get("tuning"):
+        tu = doc["tuning"]
+        lines += [
+            "",
+            f"## CPU tuning: {tu['model']} (load average {', '.join(f'{x:.2f}' for x in tu['load_average'])})",
+            "",
+            "| backend | threads | channels_last | torch.compile | batch | img/s |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in tu["rows"]:
+            speed = (
+                f"{r['images_per_second']:.1f}" if "images_per_second" in r else f"failed: {r.get('error')}"
+            )
+            if r.get("compile_seconds"):
+                speed += f" (compiling took {r['compile_seconds']:.0f} s)"
+            cl = {True: "yes", False: "no"}.get(r.get("channels_last"), "-")
+            comp = "yes" if r.get("compile") else ("no" if r["backend"] == "torch" else "-")
+            lines.append(
+                f"| {r['backend']} {r.get('precision', '')} | {r['threads']} | {cl} | {comp} | {r['batch']} | {speed} |"
+            )
     if doc.get("notes"):
         lines += ["", "Notes:", *[f"- {n}" for n in doc["notes"]]]
     lines += ["", f"Total {doc.get('seconds', 0):.0f} s.", ""]
     return "\n".join(lines)
+
+
+def _rel(path: Any) -> str:
+    """A path relative to the repository root where it lies near it (``../shared/...``), else as given."""
+    if path is None:
+        return "-"
+    try:
+        return os.path.relpath(path, Path(__file__).resolve().parents[1])
+    except ValueError:
+        return str(path)
 
 
 def write_deploy_table(doc: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:

@@ -598,6 +598,7 @@ def write_model_card(
         row.update(D.measure_speed(emb, batch=batch, repeats=repeats, latency_runs=latency_runs))
         if ev_manifest is not None:
             row["accuracy"] = D.evaluate_top1(emb, ev_manifest, query_stride=query_stride, progress=progress)
+            row["accuracy"].pop("hits_by_line")
         rows.append(row)
     desc = model.describe()
     doc = {

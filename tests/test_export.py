@@ -298,7 +298,7 @@ def test_deploy_table_quick_mode_produces_rows(tmp_path, exported):
     from recognizer.deploy_bench import run_deploy_table
 
     _, ckpt, _ = exported
-    doc = run_deploy_table([str(ckpt)], quick=True, out_dir=tmp_path, workdir=tmp_path, log=None)
+    doc = run_deploy_table([str(ckpt)], quick=True, out_dir=tmp_path, workdir=tmp_path, log=None, tune=True)
     rows = doc["rows"]
     assert [(r["input_size"], r["backend"]) for r in rows] == [
         (64, "torch"), (64, "onnx-fp32"), (64, "onnx-int8-dynamic"),
@@ -308,13 +308,17 @@ def test_deploy_table_quick_mode_produces_rows(tmp_path, exported):
         assert 0.0 <= r["accuracy"]["top1"] <= 1.0 and r["accuracy"]["queries"] == 12
     assert rows[1]["equivalent"] and rows[1]["verification"]["min_cosine"] >= 0.999
     assert rows[0]["accuracy"]["top1"] == rows[1]["accuracy"]["top1"]
-    assert rows[2]["int8_loss_vs"] == "onnx-fp32"
+    assert rows[2]["int8_loss_vs"] == "onnx-fp32" and 0.0 <= rows[2]["int8_mcnemar"]["p"] <= 1.0
+    assert all("hits_by_line" not in r["accuracy"] for r in rows)
     assert rows[2]["int8_top1_loss"] == pytest.approx(
         rows[1]["accuracy"]["top1"] - rows[2]["accuracy"]["top1"]
     )
     md = (tmp_path / "deploy.md").read_text()
     assert "| backbone | input | backend | img/s (b32)" in md and md.count("| ckpt | 64 |") == 3
     assert json.loads((tmp_path / "deploy.json").read_text())["suite"] == "deploy"
+    tuning = doc["tuning"]["rows"]
+    assert {(r["backend"], r["batch"]) for r in tuning} >= {("torch", 1), ("torch", 32), ("onnx", 32)}
+    assert "## CPU tuning: ckpt@64" in md
 
 
 def test_cpu_tuning_reports_every_configuration_and_compile_failures(monkeypatch, exported):
