@@ -128,9 +128,18 @@ def default_threads() -> int:
 
 
 def make_session(
-    model: str | os.PathLike | bytes, *, threads: int | None = None, providers: list[str] | None = None
+    model: str | os.PathLike | bytes,
+    *,
+    threads: int | None = None,
+    providers: list[str] | None = None,
+    spin: bool = False,
 ):
-    """An ONNX Runtime session: all graph optimisations, ``threads`` intra-op threads (default: torch's)."""
+    """An ONNX Runtime session: all graph optimisations, ``threads`` intra-op threads (default: torch's).
+
+    ``spin=False`` (default) lets the worker threads sleep between runs instead of busy-waiting:
+    the recognizer shares its cores with image decoding, the camera's capture thread and, in
+    benchmarks, the torch model, and spinning threads would take their CPU.
+    """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -139,6 +148,8 @@ def make_session(
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     src = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(src, sess_options=so, providers=providers or ort_providers())
 

@@ -39,6 +39,8 @@ EVAL_QUERY_OPTIONS_TEXT = "aspect crop, zoom 0.6, no re-ranking"
 BACKEND_NAMES = ("torch", "onnx-fp32", "onnx-int8-dynamic", "onnx-int8-static")
 DEFAULT_MANIFEST = Path(__file__).resolve().parents[1] / "data_manifests" / "grocery_unseen.csv"
 DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "grocery"
+# static int8 calibrates on the training items' photos: never on the images it is evaluated on
+DEFAULT_CALIBRATION = Path(__file__).resolve().parents[1] / "data_manifests" / "grocery_train.csv"
 
 
 def machine_info(threads: int | None = None) -> dict[str, Any]:
@@ -336,6 +338,7 @@ def run_deploy_table(
     backends: Sequence[str] = ("torch", "onnx-fp32", "onnx-int8-dynamic"),
     manifest: str | os.PathLike | None = None,
     data_root: str | os.PathLike | None = None,
+    calibration: str | os.PathLike | None = None,
     query_stride: int = 1,
     batch: int = 32,
     repeats: int = 5,
@@ -389,13 +392,16 @@ def run_deploy_table(
         sizes = list(sizes or [160, 224])
         if manifest is None:
             manifest, data_root = DEFAULT_MANIFEST, DEFAULT_DATA_ROOT
+            if calibration is None and DEFAULT_CALIBRATION.is_file():
+                calibration = DEFAULT_CALIBRATION
         ev_manifest = None
         if Path(manifest).is_file() and (data_root is None or Path(data_root).is_dir()):
             ev_manifest = load_manifest(manifest, data_root)
             verify_src = (str(manifest), data_root)
+            calibration = str(calibration or manifest)
         else:
             notes.append(f"accuracy skipped: no data at {manifest} / {data_root}")
-            verify_src = (None, None)
+            verify_src, calibration = (None, None), None
         doc: dict[str, Any] = {
             "suite": "deploy",
             "quick": quick,
@@ -409,8 +415,10 @@ def run_deploy_table(
                 "repeats": repeats,
                 "latency_runs": latency_runs,
                 "n_verify": n_verify,
+                "n_calibration": n_calibration,
                 "query_stride": query_stride,
                 "manifest": str(manifest),
+                "calibration": None if ev_manifest is None else calibration,
                 "data_root": str(ev_manifest.data_root) if ev_manifest else None,
                 "query_options": EVAL_QUERY_OPTIONS_TEXT,
                 "threads": int(threads or torch.get_num_threads()),
@@ -431,8 +439,9 @@ def run_deploy_table(
                     t0 = time.perf_counter()
                     try:
                         for e in export_model(
-                            model, tmp / f"{label}_{size}", int8=modes, calibration=verify_src[0],
-                            data_root=verify_src[1], n_verify=n_verify, n_calibration=n_calibration,
+                            model, tmp / f"{label}_{size}", int8=modes, calibration=calibration,
+                            data_root=verify_src[1], verification=verify_src[0], verification_data_root=verify_src[1],
+                            n_verify=n_verify, n_calibration=n_calibration,
                             threads=threads, strict=False, model_spec=mspec,
                         ):  # fmt: skip
                             exports["onnx-fp32" if e.precision == "fp32" else f"onnx-{e.precision}"] = e
@@ -557,6 +566,7 @@ def deploy_markdown(doc: dict[str, Any]) -> str:
         f"query options: {st['query_options']}; each backend enrolls and matches with its own embeddings "
         "(an int8 export gets a gallery of its own: the gallery rule refuses it for an fp32 gallery).",
         f"- verify: min / mean cosine of the export vs PyTorch on {st['n_verify']} images of the same manifest; "
+        f"static int8 calibrated on {st.get('n_calibration')} images of `{_rel(st.get('calibration'))}`; "
         "fp32 must reach 0.999 (min), int8 0.98 (mean) and 0.95 (min).",
         "- int8 top-1 loss: fp32 top-1 minus int8 top-1 in points (negative: int8 scored higher); in brackets the "
         "queries only fp32 / only int8 got right and McNemar's exact p on the same queries.",

@@ -472,6 +472,8 @@ def export_model(
     int8: Sequence[str] | str | None = None,
     calibration: str | os.PathLike | None = None,
     data_root: str | os.PathLike | None = None,
+    verification: str | os.PathLike | None = None,
+    verification_data_root: str | os.PathLike | None = None,
     n_verify: int = 32,
     n_calibration: int = 64,
     opset: int = OPSET,
@@ -486,8 +488,9 @@ def export_model(
 
     Writes ``{name}.onnx`` (fp32) and, per ``int8`` mode, ``{name}.int8-{mode}.onnx``, each
     with its sidecar, after verifying each against PyTorch on ``n_verify`` real images
-    (``calibration`` manifest, else the synthetic catalog); static int8 calibrates on
-    ``n_calibration`` other images of the same source. With ``strict`` (default) a failed
+    (``verification`` manifest, else ``calibration``, else the synthetic catalog); static int8
+    calibrates on ``n_calibration`` images of ``calibration`` (others than the verification
+    images when both come from one source). With ``strict`` (default) a failed
     verification raises :class:`ExportVerificationError` before the file is written;
     otherwise the export is written with ``verification.passed = false``.
     """
@@ -506,7 +509,10 @@ def export_model(
     t0 = time.perf_counter()
     data, used = onnx_bytes(model, opset=opset, exporter=exporter)
     say(f"exported with the {used} exporter in {time.perf_counter() - t0:.1f} s")
-    images, source = sample_images(pre, manifest=calibration, data_root=data_root, n=n_verify)
+    if verification is None:
+        verification, verification_data_root = calibration, data_root
+    same_source = verification == calibration
+    images, source = sample_images(pre, manifest=verification, data_root=verification_data_root, n=n_verify)
     reference = torch_embeddings(model, images)
     results = []
     v = verify_onnx(data, images, reference, precision="fp32", threads=threads, source=source)
@@ -524,7 +530,11 @@ def export_model(
         qfields: dict[str, Any] = {}
         if mode == "static":
             calib, csrc = sample_images(
-                pre, manifest=calibration, data_root=data_root, n=n_calibration, skip=n_verify
+                pre,
+                manifest=calibration,
+                data_root=data_root,
+                n=n_calibration,
+                skip=n_verify if same_source else 0,
             )
             qfields["calibration_source"] = csrc
         t0 = time.perf_counter()
