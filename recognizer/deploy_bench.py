@@ -350,6 +350,7 @@ def run_deploy_table(
     workdir: str | os.PathLike | None = None,
     out_dir: str | os.PathLike | None = None,
     tune: bool = False,
+    single_thread: bool = True,
     log: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
     """Backbone x backend x input size: img/s at ``batch``, single-image latency, model MB, top-1.
@@ -364,6 +365,9 @@ def run_deploy_table(
 
     ``quick``: a smoke run in seconds: one model (``lite0`` unless given), size 64, a
     6-item synthetic catalog for accuracy and verification, few timing runs.
+    ``single_thread``: also time every backend with one thread (torch and ONNX Runtime): on a
+    shared machine a 2-thread team waits at every operator for a descheduled thread, so the
+    one-thread figures are the steadier comparison of the backends themselves.
     ``tune``: also run :func:`tune_cpu` on the first model at the largest size (torch threads
     1..N x batch 1/32 x channels_last, ``torch.compile``, ONNX Runtime threads).
     Writes ``deploy.json`` and ``deploy.md`` into ``out_dir`` when given.
@@ -470,9 +474,12 @@ def run_deploy_table(
                         row["error"] = "no export"
                 load = list(os.getloadavg())
                 speeds = measure_speeds(group, batch=batch, repeats=repeats, latency_runs=latency_runs)
+                one = _single_thread_speeds(group, batch, repeats, latency_runs) if single_thread else {}
                 for b, emb in group.items():
                     row = rows[b]
                     row.update(speeds[b], load_average=load, size_mb=model_size_mb(emb))
+                    if b in one:
+                        row["single_thread"] = one[b]
                     row["parameters"] = parameter_count(model)
                     if ev_manifest is not None:
                         row["accuracy"] = evaluate_top1(
@@ -511,6 +518,25 @@ def run_deploy_table(
     if out_dir is not None:
         write_deploy_table(doc, out_dir)
     return doc
+
+
+def _single_thread_speeds(
+    group: dict[str, Any], batch: int, repeats: int, latency_runs: int
+) -> dict[str, Any]:
+    """:func:`measure_speeds` with one thread: torch's thread count set to 1 meanwhile, ONNX
+    Runtime through one-thread sessions of the same files."""
+    from .backend import OnnxEmbedder
+
+    one = {
+        b: OnnxEmbedder(e.path, threads=1) if getattr(e, "backend", "torch") == "onnx" else e
+        for b, e in group.items()
+    }
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return measure_speeds(one, batch=batch, repeats=repeats, latency_runs=latency_runs)
+    finally:
+        torch.set_num_threads(old)
 
 
 def _add_int8_loss(rows: list[dict[str, Any]]) -> None:
@@ -559,7 +585,8 @@ def deploy_markdown(doc: dict[str, Any]) -> str:
         f"Versions: {', '.join(f'{k} {v}' for k, v in mc['versions'].items())}.",
         "",
         f"- img/s: embedding only (preprocessed input, no decoding), batch {st['batch']}, median of "
-        f"{st['repeats']} batches; latency: one image, median of {st['latency_runs']} runs.",
+        f"{st['repeats']} batches; latency: one image, median of {st['latency_runs']} runs; the backends of one "
+        "model and size take turns call by call. The 1-thread columns repeat this with one thread each.",
         "- MB: the .onnx file; for torch the float32 weights.",
         f"- top-1: `{_rel(st['manifest'])}` (data root `{_rel(st['data_root'])}`), gallery = the role=gallery rows "
         f"({n_items} items), queries = {queries}, "
@@ -571,13 +598,15 @@ def deploy_markdown(doc: dict[str, Any]) -> str:
         "- int8 top-1 loss: fp32 top-1 minus int8 top-1 in points (negative: int8 scored higher); in brackets the "
         "queries only fp32 / only int8 got right and McNemar's exact p on the same queries.",
         "",
-        "| backbone | input | backend | img/s (b32) | latency ms (b1) | MB | top-1 | top-1 within candidates "
-        "| int8 top-1 loss (points) | verify min / mean cos |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| backbone | input | backend | img/s (b32) | latency ms (b1) | img/s, 1 thread | latency ms, 1 thread | MB "
+        "| top-1 | top-1 within candidates | int8 top-1 loss (points) | verify min / mean cos |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["rows"]:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['input_size']} | {r['backend']} | {r['error']} | | | | | | |")
+            lines.append(
+                f"| {r['model']} | {r['input_size']} | {r['backend']} | {r['error']} | | | | | | | | |"
+            )
             continue
         acc = r.get("accuracy") or {}
         top1 = f"{acc['top1']:.3f}" if acc else "-"
@@ -588,6 +617,8 @@ def deploy_markdown(doc: dict[str, Any]) -> str:
             if v
             else "reference"
         )
+        one = r.get("single_thread")
+        st1 = f"{one['images_per_second']:.1f} | {one['latency_ms']:.1f}" if one else "- | -"
         loss = ""
         if "int8_top1_loss" in r:
             loss = f"{100 * r['int8_top1_loss']:.1f} vs {r['int8_loss_vs']}"
@@ -596,7 +627,7 @@ def deploy_markdown(doc: dict[str, Any]) -> str:
                 loss += f" ({mn['fp32_only_correct']}/{mn['int8_only_correct']}, p={mn['p']:.2f})"
         lines.append(
             f"| {r['model']} | {r['input_size']} | {r['backend']} | {r['images_per_second']:.1f} | "
-            f"{r['latency_ms']:.1f} | {r['size_mb']:.1f} | {top1} | {'-' if wc is None else f'{wc:.3f}'} | "
+            f"{r['latency_ms']:.1f} | {st1} | {r['size_mb']:.1f} | {top1} | {'-' if wc is None else f'{wc:.3f}'} | "
             f"{loss} | {ver} |"
         )
     if doc.get("tuning"):
