@@ -378,6 +378,7 @@ def match_manifest(
     candidate ids are skipped and reported.
     """
     gallery.check_model(model.fingerprint, "the matching model")
+    gallery.require_items()
     if rows is None:
         rows = manifest.select(role="query") or list(manifest.rows)
     failures = [(f"{manifest.source}: line {e.line}", e.message) for e in manifest.errors]

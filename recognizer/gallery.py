@@ -106,6 +106,10 @@ class GalleryCorruptError(GalleryError):
     """The files disagree (index vs. metadata) or cannot be read."""
 
 
+class EmptyGalleryError(GalleryError):
+    """Matching or evaluating against a gallery that holds no items."""
+
+
 class UnknownItemError(GalleryError, KeyError):
     """An item id (e.g. a candidate) that the gallery does not hold."""
 
@@ -484,6 +488,13 @@ class Gallery:
     def fingerprint(self) -> str:
         return self.meta["model_fingerprint"]
 
+    def require_items(self) -> None:
+        """Raise :class:`EmptyGalleryError` when there is nothing to match against (batch tools)."""
+        if not self.item_ids:
+            raise EmptyGalleryError(
+                f"{self.root}: the gallery is empty; enroll items first (tools/enroll.py)"
+            )
+
     @property
     def model_description(self) -> dict[str, Any]:
         return json.loads(self.meta["model_description"])
@@ -690,7 +701,9 @@ class Gallery:
         bad_ids = [i for i in item_ids if not isinstance(i, str) or not i.strip() or ";" in i]
         if bad_ids:
             raise ValueError(f"invalid item id(s) {bad_ids[:5]} (non-empty, no ';')")
-        paths = list(paths) if paths is not None else [""] * n
+        # A file name that is not UTF-8 arrives as a str with surrogate escapes; SQLite stores text
+        # as UTF-8, so keep such names readable with \xNN escapes instead of failing the commit.
+        paths = [_storable(p) for p in paths] if paths is not None else [""] * n
         emb = normalize_rows(emb)
         hashes = (
             list(hashes) if hashes is not None else [hashlib.sha256(v.tobytes()).hexdigest() for v in emb]
@@ -1176,3 +1189,11 @@ def _flock(path: Path, timeout: float) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _storable(path: str | os.PathLike) -> str:
+    """``path`` as valid UTF-8 text: non-UTF-8 bytes of a file name become ``\\xNN``."""
+    s = os.fspath(path)
+    if isinstance(s, bytes):
+        s = os.fsdecode(s)
+    return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

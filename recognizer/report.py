@@ -66,6 +66,7 @@ def evaluate_gallery(
 ) -> Evaluation:
     """Embed ``rows`` with the gallery's model (or ``model``: any backend with the gallery's fingerprint)
     and score them against every item."""
+    gallery.require_items()
     if model is None:
         model = load_gallery_model(gallery, model_spec)
     else:
@@ -118,8 +119,8 @@ def rerank_score_matrix(
 def compute_metrics(ev: Evaluation, *, seed: int = 0, n_boot: int = 1000) -> dict[str, Any]:
     """All of the report's figures for one evaluation (see the module docstring)."""
     col = {it: j for j, it in enumerate(ev.items)}
-    labelled = np.array([bool(r.item_id) for r in ev.rows])
-    known = np.array([r.item_id in col for r in ev.rows])
+    labelled = np.array([bool(r.item_id) for r in ev.rows], dtype=bool)
+    known = np.array([r.item_id in col for r in ev.rows], dtype=bool)
     kq = np.nonzero(known)[0]
     truth = np.array([col[ev.rows[i].item_id] for i in kq], dtype=np.int64)
     S = ev.scores[kq]
@@ -528,10 +529,12 @@ def run_report(
     ``embedder`` (e.g. an ONNX export from ``enroll.load_gallery_embedder``) replaces the
     gallery's torch model for ``gallery_dir``; a ``compare_dir`` gallery uses its own model.
     """
+    rows = manifest.select(role="query") or list(manifest.rows)
+    if not rows:
+        raise ValueError(f"{manifest.source}: no usable query rows (every row was rejected)")
+    gallery = Gallery.open(gallery_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = manifest.select(role="query") or list(manifest.rows)
-    gallery = Gallery.open(gallery_dir)
     kw = dict(
         batch_size=batch_size,
         num_workers=num_workers,

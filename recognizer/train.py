@@ -565,7 +565,7 @@ class Trainer:
         torch.manual_seed(cfg["seed"])
         rows = [r for r in self.manifest.rows if r.item_id and r.split in ("", "train", "val")]
         if not rows:
-            raise ConfigError("the manifest has no training rows (split empty, train or val)")
+            raise ConfigError(f"{self.manifest.source}: no usable training rows (split empty, train or val)")
         items = sorted({r.item_id for r in rows})
         self.train_items, self.val_items = split_classes(items, cfg["data"]["val_fraction"], cfg["seed"])
         self.tr_rows = [r for r in rows if r.item_id in self.train_items]
@@ -935,6 +935,10 @@ def run_training(
     """Entry point of ``tools/train.py``."""
     cfg = load_config(config, overrides)
     man = load_manifest(manifest, data_root, allow_outside_root=allow_outside_root)
+    if man.errors:
+        import sys
+
+        print(man.error_report(), file=sys.stderr)
     trainer = Trainer(cfg, man, out_dir)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     trainer.build(resume=resume)

@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from recognizer.backend import add_backend_arguments, backend_kwargs
-from recognizer.enroll import load_gallery_embedder
+from recognizer.enroll import format_skipped, load_gallery_embedder
 from recognizer.gallery import Gallery, GalleryError
 from recognizer.manifest import ManifestError, load_manifest
 from recognizer.model import ModelLoadError
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             embedder = load_gallery_embedder(gallery, args.model, **backend)
         if manifest.errors:
             print(manifest.error_report(), file=sys.stderr)
-        _, summary = run_report(
+        doc, summary = run_report(
             args.gallery, manifest, args.out, compare_dir=args.compare, calibrate=args.calibrate,
             model_spec=args.model, seed=args.seed, batch_size=args.batch_size, num_workers=args.workers,
             progress=not args.no_progress, query_options=query_options, rerank=rerank, embedder=embedder,
@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(summary)
+    for line in format_skipped(doc["skipped"]):
+        print(line, file=sys.stderr)
     print(f"\nwrote {args.out}/report.html, metrics.json, predictions.csv")
     return 0
 
