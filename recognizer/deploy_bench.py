@@ -574,7 +574,8 @@ def deploy_markdown(doc: dict[str, Any]) -> str:
     if st["query_stride"] == 1:
         queries = f"all {acc0['queries'] if acc0 else ''} role=query rows"
     else:
-        queries = f"every {st['query_stride']}th role=query row ({acc0['queries'] if acc0 else '-'} queries)"
+        nth = {2: "2nd", 3: "3rd"}.get(st["query_stride"], f"{st['query_stride']}th")
+        queries = f"every {nth} role=query row ({acc0['queries'] if acc0 else '-'} queries)"
     lines = [
         f"# Deployment speed and accuracy ({'quick smoke run' if doc.get('quick') else 'full table'})",
         "",
