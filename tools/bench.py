@@ -4,6 +4,7 @@
 python tools/bench.py --out bench_out                 # full size (gallery: 10,000 items x 100 = 1M x 256)
 python tools/bench.py --out bench_out --quick         # small sizes, for a smoke run
 python tools/bench.py --suite gallery --items 2000 --per-item 50
+python tools/bench.py --suite unseen --model head=runs/grocery_head/model   # trained vs off-the-shelf lite0
 """
 
 from __future__ import annotations
@@ -28,7 +29,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--configs", help="query_options suite: comma-separated option names (default: all)")
     ap.add_argument("--query-stride", type=int, help="query_options suite: keep every n-th query")
+    ap.add_argument(
+        "--model", action="append", metavar="LABEL=SPEC",
+        help="unseen suite: a model to compare with the off-the-shelf lite0 (repeatable), e.g. head=runs/x/model",
+    )  # fmt: skip
+    ap.add_argument("--max-queries", type=int, help="unseen suite: evaluate at most this many queries")
     args = ap.parse_args(argv)
+    unseen_over: dict = {}
+    if args.model:
+        bad = [m for m in args.model if "=" not in m]
+        if bad:
+            ap.error(f"--model takes LABEL=SPEC, got {bad[0]!r}")
+        unseen_over["models"] = {
+            "lite0 (off the shelf)": "lite0",
+            **dict(m.split("=", 1) for m in args.model),
+        }
+    if args.max_queries:
+        unseen_over["max_queries"] = args.max_queries
     query_over = {
         k: v
         for k, v in (
@@ -42,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         k: v for k, v in (("n_items", args.items), ("per_item", args.per_item), ("dim", args.dim)) if v
     }
     doc = run_bench(
-        args.suite or list(SUITES), args.out, quick=args.quick, gallery=gallery_over, query_options=query_over
-    )
+        args.suite or list(SUITES), args.out, quick=args.quick, gallery=gallery_over, query_options=query_over,
+        unseen=unseen_over,
+    )  # fmt: skip
     from recognizer.bench import markdown_table
 
     print(markdown_table(doc))
