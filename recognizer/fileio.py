@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 
@@ -28,39 +28,41 @@ def temp_path(dst: str | os.PathLike) -> Path:
     return dst.with_name(dst.name + ".tmp")
 
 
-def write_csv_atomic(
-    path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[object]]
-) -> Path:
-    """Write a UTF-8 CSV through a temp file: readers never see a partial file; a failure leaves the old one."""
+def write_atomic(path: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
+    """``fill(tmp)`` writes the content to a temp sibling, which then replaces ``path`` atomically.
+
+    Readers never see a partial file; a failure (or a crash) leaves the old file as it was.
+    """
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(out)
     try:
+        fill(tmp)
+        fsync_replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    return out
+
+
+def write_csv_atomic(
+    path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[object]]
+) -> Path:
+    """Write a UTF-8 CSV atomically (see :func:`write_atomic`)."""
+
+    def fill(tmp: Path) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f, lineterminator="\n")
             w.writerow(header)
             w.writerows(rows)
-        fsync_replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    return out
+
+    return write_atomic(path, fill)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write bytes through a temp file (see :func:`write_csv_atomic`)."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(out)
-    try:
-        tmp.write_bytes(data)
-        fsync_replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    return out
+    """Write bytes atomically (see :func:`write_atomic`)."""
+    return write_atomic(path, lambda tmp: tmp.write_bytes(data))
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
