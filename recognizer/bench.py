@@ -324,6 +324,14 @@ def bench_training(
     res["cached_vs_full_speedup"] = (
         res["cached_head_samples_per_second"] / res["full_finetune_images_per_second"]
     )
+    # stage 2 as configured for the grocery recipe: only the top block trains (frozen BatchNorm in eval)
+    from .train import freeze_backbone, set_train_mode
+
+    freeze_backbone(model, 1)
+    set_train_mode(model)
+    t = _median_time(lambda: step(images, labels, False), steps, warmup=1)
+    res["stage2_top1_block_step_seconds"] = t
+    res["stage2_top1_block_images_per_second"] = batch / t
     res["peak_rss_mb"] = peak_rss_mb()
     return res
 
