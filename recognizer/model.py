@@ -67,13 +67,20 @@ class ResidualHead(nn.Module):
     """Identity-preserving head ``x + W x`` with ``W`` starting at zero: training starts from the
     pretrained embedding and moves away from it only as far as the loss pays for."""
 
-    def __init__(self, in_dim: int):
+    def __init__(self, in_dim: int, center: bool = False):
         super().__init__()
         self.fc = nn.Linear(in_dim, in_dim, bias=False)
         nn.init.zeros_(self.fc.weight)
         self.out_dim = in_dim
+        # center: subtract the training photos' mean pooled feature first (set by training), which
+        # removes the direction every photo shares and spreads items apart on the sphere
+        self.center = bool(center)
+        if self.center:
+            self.register_buffer("mean", torch.zeros(in_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.center:
+            x = x - self.mean
         return x + self.fc(x)
 
 

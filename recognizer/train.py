@@ -655,6 +655,7 @@ class Trainer:
                 y, torch.utils.data.TensorDataset(*([x, y] + ([t] if t is not None else []))), 0
             )
         else:
+            self._set_center(None)
             loader = self._stream_loader()
         steps = len(loader.batch_sampler)
         total = steps * sc["epochs"]
@@ -704,6 +705,7 @@ class Trainer:
             teacher=None if from_features else self.teacher, cache_dir=cache_dir, dist=self.dist,
             num_workers=cfg["data"]["num_workers"],
         )  # fmt: skip
+        self._set_center(torch.from_numpy(x))
         if from_features:
             with torch.no_grad():
                 t = torch.cat(
@@ -712,6 +714,23 @@ class Trainer:
         self._note_skipped(skipped)
         y = torch.tensor([self.classes[c] for c in y])
         return torch.from_numpy(x), y, (torch.from_numpy(t) if t is not None else None)
+
+    def _set_center(self, feats: torch.Tensor | None) -> None:
+        """A centring head gets the mean pooled feature of the training photos, once, before training."""
+        head = self.model.head
+        if not getattr(head, "center", False) or self.state.log[1:]:
+            return
+        if feats is None:  # streaming: the clean training photos, embedded once
+            from .embed import embed_paths
+
+            rows = self.tr_rows[:: max(1, len(self.tr_rows) // 2000)]
+            res = embed_paths(_CacheNet(self.model, None), [self.manifest.resolve(r) for r in rows],
+                              bboxes=[r.bbox for r in rows], num_workers=self.cfg["data"]["num_workers"])  # fmt: skip
+            feats = torch.from_numpy(res.embeddings)
+        with torch.no_grad():
+            head.mean.copy_(feats.float().mean(0).to(head.mean.device))
+        if self.teacher is not None and self.cfg["distill"]["teacher"] == "pretrained":
+            self.teacher.model.head.mean.copy_(head.mean)  # the starting point, centred alike
 
     def _stream_loader(self) -> torch.utils.data.DataLoader:
         from .embed import default_num_workers

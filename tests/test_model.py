@@ -127,3 +127,24 @@ def test_off_the_shelf_by_name():
         "input_size": 224,
     }
     assert m.embedding_dim == 1280
+
+
+def test_centering_residual_head_subtracts_its_mean_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    m = build_model(
+        {"backbone": "lite0", "head": {"name": "residual", "args": {"center": True}}, "input_size": 64},
+        pretrained=False,
+    ).eval()
+    feats = torch.randn(4, m.backbone.feat_dim)
+    assert torch.allclose(
+        m.embed_features(feats), torch.nn.functional.normalize(feats, dim=1)
+    )  # mean 0 at start
+    with torch.no_grad():
+        m.head.mean.copy_(feats.mean(0))
+    centred = torch.nn.functional.normalize(feats - feats.mean(0), dim=1)
+    assert torch.allclose(m.embed_features(feats), centred, atol=1e-6)
+    loaded = load_model(m.save(tmp_path / "c"))
+    assert (
+        torch.allclose(loaded.embed_features(feats), centred, atol=1e-6)
+        and loaded.fingerprint == m.fingerprint
+    )
