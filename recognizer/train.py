@@ -74,7 +74,7 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 # Components given whole ({name, args}) rather than merged key by key.
-_WHOLE = ("loss", "miner", "optimizer", "loss_optimizer", "distill", "class_weights")
+_WHOLE = ("loss", "miner", "optimizer", "loss_optimizer", "distill", "class_weights", "head", "pooling")
 DISTILL_KEYS = {"teacher", "weight", "mode"}
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -636,6 +636,8 @@ class Trainer:
     def run_stage(self, stage: int) -> None:
         cfg, sc = self.cfg, self.cfg[f"stage{stage}"]
         cached = stage == 1 and sc["cached"]
+        if stage == 2 and self.state.epoch == 0 and self.best_state is not None:
+            self.model.load_state_dict(self.best_state)  # fine-tune from the best head, not the last
         unfreeze = sc["unfreeze_blocks"] if stage == 2 else 0
         backbone_params = freeze_backbone(self.model, unfreeze)
         lr_scale = sc.get("lr_scale", 1.0)
