@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         "--allow-outside-root", action="store_true", help="accept manifest paths outside --data-root"
     )
     ap.add_argument("overrides", nargs="*", help="key.sub=value overrides, values parsed as YAML")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # overrides may come before or after the options
     try:
         summary = run_training(
             args.config, args.overrides, args.manifest, args.data_root, args.out,
