@@ -634,6 +634,10 @@ def write_model_card(
     return md_path, json_path
 
 
+def _every(n: int) -> str:
+    return "every" if n == 1 else "every " + {2: "2nd", 3: "3rd"}.get(n, f"{n}th")
+
+
 def model_card_markdown(doc: dict[str, Any]) -> str:
     d = doc["model"]
     cfg = d["config"]
@@ -654,7 +658,7 @@ def model_card_markdown(doc: dict[str, Any]) -> str:
         e = doc["eval"]
         lines.append(
             f"- accuracy: `{e['manifest']}` (data root `{e['data_root']}`): gallery = role=gallery rows, "
-            f"queries = every {e['query_stride']}. role=query row, query options {e['query_options']}; "
+            f"queries = {_every(e['query_stride'])} role=query row, query options {e['query_options']}; "
             "each backend enrolls and matches with its own embeddings"
         )
     lines += [
