@@ -669,10 +669,11 @@ def _rel(path: Any) -> str:
 
 def write_deploy_table(doc: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """``deploy.json`` and ``deploy.md`` in ``out_dir`` (atomic writes)."""
-    from .export import write_json_atomic, write_text_file_atomic
+    from .export import write_json_atomic
+    from .fileio import write_text_atomic
 
     out = Path(out_dir)
     return (
         write_json_atomic(out / "deploy.json", doc),
-        write_text_file_atomic(out / "deploy.md", deploy_markdown(doc)),
+        write_text_atomic(out / "deploy.md", deploy_markdown(doc)),
     )

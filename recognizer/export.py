@@ -53,7 +53,7 @@ from .backend import (
     sha256_bytes,
     sidecar_path,
 )
-from .fileio import fsync_replace, temp_path
+from .fileio import write_bytes_atomic, write_text_atomic
 from .model import EmbeddingModel, load_model
 from .preprocess import Preprocess
 
@@ -97,29 +97,9 @@ class ExportedModel:
 # ------------------------------------------------------------------------------ file helpers
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = temp_path(path)
-    try:
-        tmp.write_bytes(data)
-        fsync_replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_json_atomic(path: str | os.PathLike, doc: Any) -> Path:
     """JSON through a temp file, fsync and rename: readers see the old document or the new one."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out, (json.dumps(doc, indent=2, sort_keys=True, default=float) + "\n").encode())
-    return out
-
-
-def write_text_file_atomic(path: str | os.PathLike, text: str) -> Path:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out, text.encode("utf-8"))
-    return out
+    return write_text_atomic(path, json.dumps(doc, indent=2, sort_keys=True, default=float) + "\n")
 
 
 # ------------------------------------------------------------------------------ export
@@ -460,7 +440,7 @@ def _write_export(
     doc["equivalent"] = is_equivalent(doc)
     doc["fingerprint"] = export_fingerprint(doc)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, data)  # the file first: until the sidecar follows, a load is refused (hash)
+    write_bytes_atomic(path, data)  # the file first: until the sidecar follows, a load is refused (hash)
     write_json_atomic(sidecar_path(path), doc)
     return ExportedModel(path, doc)
 
@@ -630,7 +610,7 @@ def write_model_card(
         "variants": rows,
     }
     json_path = write_json_atomic(out / "model_card.json", doc)
-    md_path = write_text_file_atomic(out / "MODEL_CARD.md", model_card_markdown(doc))
+    md_path = write_text_atomic(out / "MODEL_CARD.md", model_card_markdown(doc))
     return md_path, json_path
 
 
