@@ -43,6 +43,7 @@ def evaluate_protocols(
     tmp = Path(tempfile.mkdtemp(prefix="protocols-"))
     try:
         loaded = {label: load_model(spec) for label, spec in models.items()}
+        embedded: dict[tuple, Any] = {}  # (model, query rows) -> embeddings, reused across protocols
         for pname, path in protocols.items():
             man = load_manifest(path, data_root, strict=True)
             queries = [r for r in man.rows if r.role == "query"]
@@ -54,7 +55,21 @@ def evaluate_protocols(
                 t0 = time.perf_counter()
                 g = Gallery.create(tmp / f"{pname}-{len(cells)}", model.describe())
                 enroll_manifest(g, model, man, progress=progress)
-                ev = evaluate_gallery(g, man, queries, progress=progress, query_options=opts, model=model)
+                key = (
+                    label,
+                    Path(man.data_root).resolve(),
+                    tuple((r.path, r.item_id, r.candidates) for r in queries),
+                )
+                ev = evaluate_gallery(
+                    g,
+                    man,
+                    queries,
+                    progress=progress,
+                    query_options=opts,
+                    model=model,
+                    embedded=embedded.get(key),
+                )
+                embedded[key] = ev.embedded
                 m = compute_metrics(ev, n_boot=500)
                 cell = {
                     "model": models[label],

@@ -49,6 +49,7 @@ class Evaluation:
     failures: list[tuple[str, str]]
     embed_ms_per_image: float
     match_ms_per_query: float
+    embedded: tuple | None = None  # (EmbedResult, rows): lets another gallery reuse these query embeddings
 
 
 def evaluate_gallery(
@@ -63,16 +64,21 @@ def evaluate_gallery(
     query_options: QueryOptions | None = None,
     rerank: RerankConfig | None = None,
     model=None,
+    embedded: tuple | None = None,
 ) -> Evaluation:
     """Embed ``rows`` with the gallery's model (or ``model``: any backend with the gallery's fingerprint)
-    and score them against every item."""
+    and score them against every item.
+
+    ``embedded``: ``(EmbedResult, rows)`` from an earlier call's ``embed_manifest`` with the same
+    model, rows and query options (the same queries against another gallery), not embedded again.
+    """
     gallery.require_items()
     if model is None:
         model = load_gallery_model(gallery, model_spec)
     else:
         gallery.check_model(model.fingerprint, "the evaluating model")
     opts = query_options or QueryOptions()
-    res, rows = embed_manifest(
+    res, rows = embedded or embed_manifest(
         model, manifest, rows, batch_size=batch_size, num_workers=num_workers, progress=progress,
         desc=f"embedding queries ({gallery.root.name})", view_fn=None if opts.is_default else opts.views,
     )  # fmt: skip
@@ -96,7 +102,7 @@ def evaluate_gallery(
         match_ms += 1000 * (time.perf_counter() - t0) / len(ok_rows)
     return Evaluation(
         gallery, ok_rows, items, scores, res.embeddings, failures,
-        1000 * res.seconds / max(1, len(ok_rows)), match_ms,
+        1000 * res.seconds / max(1, len(ok_rows)), match_ms, (res, rows),
     )  # fmt: skip
 
 

@@ -39,8 +39,11 @@ def test_embedding_scaling_and_protocol_suites_at_quick_sizes(tmp_path, tiny_cat
     md = markdown_table({"machine": {"cpu_count": 2, "platform": "x"}, "suites": {"scaling": s}})
     assert "| vectors | exact_ms_per_query_1 |" in md
     # the protocol evaluation on the tiny catalog: the off-the-shelf model against itself at another size
-    p = evaluate_protocols({"a": "lite0@64", "b": "lite0@96"}, {"one-shot": str(tiny_catalog)}, None)
+    p = evaluate_protocols(
+        {"a": "lite0@64", "b": "lite0@96"}, {"one-shot": str(tiny_catalog), "again": str(tiny_catalog)}, None
+    )
     cells = p["protocols"]["one-shot"]
+    assert p["protocols"]["again"]["b"]["top1"] == cells["b"]["top1"]  # query embeddings reused, same answer
     assert cells["a"]["gallery_vectors"] == 8 and cells["a"]["queries"] == 16
     assert 0 <= cells["b"]["top1"] <= 1 and "mcnemar_p" in cells["b"]["vs_baseline"]
     assert "| one-shot | b |" in protocols_markdown(p)
