@@ -19,6 +19,8 @@ Suites:
 * ``unseen``: top-1 on held-out grocery items (iconic-only and iconic + 8 photos enrollment)
   for the off-the-shelf backbone and any trained models, paired against the first.
 * ``query_options``: accuracy and cost of the query options (zoom, crops, re-ranking).
+* ``deploy``: backbone x backend (torch, ONNX fp32, ONNX int8) x input size: images/s, latency,
+  MB and grocery-unseen top-1 (see ``deploy_bench``).
 """
 
 from __future__ import annotations
@@ -537,6 +539,16 @@ def bench_unseen(
     return evaluate_protocols(models, protocols, data_root, max_queries=max_queries)
 
 
+def bench_deploy(**kwargs: Any) -> dict[str, Any]:
+    """Backbone x backend (torch, ONNX fp32, ONNX int8) x input size: speed, size and grocery-unseen top-1.
+
+    See :func:`recognizer.deploy_bench.run_deploy_table` for the arguments.
+    """
+    from .deploy_bench import run_deploy_table
+
+    return run_deploy_table(**kwargs)
+
+
 SUITES: dict[str, Callable[..., dict[str, Any]]] = {
     "gallery": bench_gallery,
     "query_options": bench_query_options,
@@ -544,8 +556,10 @@ SUITES: dict[str, Callable[..., dict[str, Any]]] = {
     "embedding": bench_embedding,
     "scaling": bench_scaling,
     "unseen": bench_unseen,
+    "deploy": bench_deploy,
 }
 QUICK_ARGS: dict[str, dict[str, Any]] = {
+    "deploy": {"quick": True},
     "embedding": {"model": "lite0@64", "n_images": 32, "photo_size": 96, "batch": 8},
     "scaling": {"sizes": (1_000, 4_000, 16_000), "per_item": 20, "dim": 64},
     "unseen": {"max_queries": 20},
