@@ -464,7 +464,7 @@ def cache_features(
     dist = dist or Dist()
     key = hashlib.sha256(
         json.dumps(
-            [model.fingerprint, None if teacher is None else teacher.model.fingerprint, copies, augment, seed,
+            [_pooled_key(model), None if teacher is None else teacher.model.fingerprint, copies, augment, seed,
              [(manifest.resolve(r), r.item_id, r.bbox) for r in rows]],
             sort_keys=True, default=str,
         ).encode()
@@ -513,6 +513,17 @@ def cache_features(
                 write_bytes_atomic(files[name], buf.getvalue())
         write_text_atomic(cache_dir / f"{key}.skipped.json", json.dumps(skipped))
     return x, y, t, skipped
+
+
+def _pooled_key(model: EmbeddingModel) -> str:
+    """What pooled features depend on: backbone weights, pooling and preprocessing (not the head)."""
+    h = hashlib.sha256(
+        json.dumps([model.config["pooling"], model.preprocess.to_dict()], sort_keys=True).encode()
+    )
+    for name, t in sorted({**model.backbone.state_dict(), **model.pool.state_dict()}.items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 class _CacheNet(torch.nn.Module):
