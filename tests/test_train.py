@@ -250,7 +250,7 @@ def test_every_shipped_config_loads_and_base_chains_merge(tmp_path):
         cfg = load_config(str(p))
         assert cfg["model"]["backbone"] in ("lite0", "lite1", "lite2"), p
     ft = load_config(str(ROOT / "configs" / "grocery_finetune.yaml"))
-    assert ft["stage2"]["epochs"] == 3 and ft["augment"]["background"] == 0.0  # from its base
+    assert ft["stage2"]["epochs"] == 3 and ft["augment"]["background"] == 0.0 and ft["miner"]  # from its base
     a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
     a.write_text("base: b.yaml\n")
     b.write_text("base: a.yaml\n")
