@@ -313,9 +313,16 @@ def tune_cpu(
 # ------------------------------------------------------------------------------ the table
 
 
-def _spec_label(spec: str) -> str:
-    p = Path(spec)
-    return p.name if p.is_dir() else spec
+def _split_label(entry: str) -> tuple[str, str]:
+    """``LABEL=SPEC`` -> (label, spec); a bare spec is labelled by its name (a folder called
+    ``model`` by its parent, e.g. ``runs/student/model`` -> ``student``)."""
+    if "=" in entry:
+        label, spec = entry.split("=", 1)
+        return label, spec
+    p = Path(entry)
+    if not p.is_dir():
+        return entry, entry
+    return (p.parent.name if p.name == "model" and p.parent.name else p.name), entry
 
 
 def _load_at_size(spec: str, size: int):
@@ -356,7 +363,7 @@ def run_deploy_table(
     """Backbone x backend x input size: img/s at ``batch``, single-image latency, model MB, top-1.
 
     ``models``: backbone names (``lite0``, ``lite1``, ``lite2``) and/or trained model folders
-    (e.g. the distilled student); default lite0, lite1, lite2. ``sizes``: default 160, 224.
+    (e.g. the distilled student), each optionally ``LABEL=SPEC``; default lite0, lite1, lite2. ``sizes``: default 160, 224.
     ``backends``: any of :data:`BACKEND_NAMES`. Accuracy: top-1 on ``manifest`` (default the
     grocery unseen items, data root ``../shared/data/grocery``; skipped with a note when the
     data is absent), gallery = ``role=gallery`` rows, queries = every ``query_stride``-th
@@ -432,10 +439,10 @@ def run_deploy_table(
         }
         t_all = time.perf_counter()
         fp32_files: dict[tuple[str, int], Path] = {}
-        for spec in models:
+        for entry in models:
+            label, spec = _split_label(entry)
             for size in sizes:
                 model, mspec = _load_at_size(spec, size)
-                label = _spec_label(spec)
                 exports: dict[str, Any] = {}
                 onnx_backends = [b for b in backends if b != "torch"]
                 if onnx_backends:
@@ -494,11 +501,11 @@ def run_deploy_table(
                 del group
         _add_int8_loss(doc["rows"])
         if tune:
-            spec, size = models[0], max(sizes)
+            (label, spec), size = _split_label(models[0]), max(sizes)
             t0 = time.perf_counter()
             n = int(threads or torch.get_num_threads())
             doc["tuning"] = {
-                "model": f"{_spec_label(spec)}@{size}",
+                "model": f"{label}@{size}",
                 "rows": tune_cpu(
                     _load_at_size(spec, size)[0],
                     threads=sorted({1, n}),

@@ -298,7 +298,9 @@ def test_deploy_table_quick_mode_produces_rows(tmp_path, exported):
     from recognizer.deploy_bench import run_deploy_table
 
     _, ckpt, _ = exported
-    doc = run_deploy_table([str(ckpt)], quick=True, out_dir=tmp_path, workdir=tmp_path, log=None, tune=True)
+    doc = run_deploy_table(
+        [f"student={ckpt}"], quick=True, out_dir=tmp_path, workdir=tmp_path, log=None, tune=True
+    )
     rows = doc["rows"]
     assert [(r["input_size"], r["backend"]) for r in rows] == [
         (64, "torch"), (64, "onnx-fp32"), (64, "onnx-int8-dynamic"),
@@ -314,11 +316,24 @@ def test_deploy_table_quick_mode_produces_rows(tmp_path, exported):
         rows[1]["accuracy"]["top1"] - rows[2]["accuracy"]["top1"]
     )
     md = (tmp_path / "deploy.md").read_text()
-    assert "| backbone | input | backend | img/s (b32)" in md and md.count("| ckpt | 64 |") == 3
+    assert "| backbone | input | backend | img/s (b32)" in md and md.count("| student | 64 |") == 3
     assert json.loads((tmp_path / "deploy.json").read_text())["suite"] == "deploy"
     tuning = doc["tuning"]["rows"]
     assert {(r["backend"], r["batch"]) for r in tuning} >= {("torch", 1), ("torch", 32), ("onnx", 32)}
-    assert "## CPU tuning: ckpt@64" in md
+    assert "## CPU tuning: student@64" in md
+
+
+def test_deploy_table_labels_models_by_name_or_label(tmp_path):
+    from recognizer.deploy_bench import _split_label
+
+    (tmp_path / "student" / "model").mkdir(parents=True)
+    assert _split_label("lite1") == ("lite1", "lite1")
+    assert _split_label(f"s={tmp_path}") == ("s", str(tmp_path))
+    assert _split_label(str(tmp_path / "student" / "model")) == (
+        "student",
+        str(tmp_path / "student" / "model"),
+    )
+    assert _split_label(str(tmp_path / "student")) == ("student", str(tmp_path / "student"))
 
 
 def test_cpu_tuning_reports_every_configuration_and_compile_failures(monkeypatch, exported):

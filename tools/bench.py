@@ -5,6 +5,7 @@ python tools/bench.py --out bench_out                 # full size (gallery: 10,0
 python tools/bench.py --out bench_out --quick         # small sizes, for a smoke run
 python tools/bench.py --suite gallery --items 2000 --per-item 50
 python tools/bench.py --suite unseen --model head=runs/grocery_head/model   # trained vs off-the-shelf lite0
+python tools/bench.py --suite deploy --model student=runs/s1_student/model --size 224 --query-stride 2
 """
 
 from __future__ import annotations
@@ -28,14 +29,19 @@ def main(argv: list[str] | None = None) -> int:
         help="query_options suite: comma-separated (covers, grocery_packages, grocery_unseen, coil_unseen)",
     )
     ap.add_argument("--configs", help="query_options suite: comma-separated option names (default: all)")
-    ap.add_argument("--query-stride", type=int, help="query_options suite: keep every n-th query")
+    ap.add_argument("--query-stride", type=int, help="query_options and deploy suites: keep every n-th query")
     ap.add_argument(
         "--model", action="append", metavar="LABEL=SPEC",
-        help="unseen suite: a model to compare with the off-the-shelf lite0 (repeatable), e.g. head=runs/x/model",
+        help="unseen and deploy suites: a model to compare with the off-the-shelf lite0 (repeatable), "
+        "e.g. head=runs/x/model; a backbone name works too (lite2=lite2)",
     )  # fmt: skip
+    ap.add_argument(
+        "--size", type=int, action="append", help="deploy suite: input size(s) (default 160 and 224)"
+    )
     ap.add_argument("--max-queries", type=int, help="unseen suite: evaluate at most this many queries")
     args = ap.parse_args(argv)
     unseen_over: dict = {}
+    deploy_over: dict = {k: v for k, v in (("sizes", args.size), ("query_stride", args.query_stride)) if v}
     if args.model:
         bad = [m for m in args.model if "=" not in m]
         if bad:
@@ -44,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             "lite0 (off the shelf)": "lite0",
             **dict(m.split("=", 1) for m in args.model),
         }
+        deploy_over["models"] = ["lite0", *args.model]
     if args.max_queries:
         unseen_over["max_queries"] = args.max_queries
     query_over = {
@@ -60,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     doc = run_bench(
         args.suite or list(SUITES), args.out, quick=args.quick, gallery=gallery_over, query_options=query_over,
-        unseen=unseen_over,
+        unseen=unseen_over, deploy=deploy_over,
     )  # fmt: skip
     from recognizer.bench import markdown_table
 
