@@ -200,11 +200,14 @@ def test_kill_9_during_training_then_resume_gives_the_uninterrupted_result(tmp_p
     import signal
     import time
 
-    args = ("stage1.epochs=30", "stage2.epochs=2", "stage2.unfreeze_blocks=1")
+    runs = int(os.environ.get("CRASH_RUNS_TRAIN", "3"))
+    # enough epochs that every kill lands inside the run (each run gets at least one checkpoint further)
+    epochs = max(30, 3 * runs)
+    args = (f"stage1.epochs={epochs}", "stage2.epochs=2", "stage2.unfreeze_blocks=1")
     ref = tmp_path / "ref"
     assert _train(tiny_catalog, ref, *args).returncode == 0
-    runs = int(os.environ.get("CRASH_RUNS_TRAIN", "3"))
     out = tmp_path / "crashy"
+    ckpt = out / "checkpoint.pt"
     rng = np.random.default_rng(0)
     epochs_at_kill = []
     for _ in range(runs):
@@ -218,24 +221,32 @@ def test_kill_9_during_training_then_resume_gives_the_uninterrupted_result(tmp_p
             *TINY,
             *args,
         ]
-        if (out / "checkpoint.pt").exists():
+        stamp = lambda: (ckpt.stat().st_ino, ckpt.stat().st_mtime_ns) if ckpt.exists() else None  # noqa: E731
+        before = stamp()
+        if before is not None:
             cmd.append("--resume")
         p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 600
-        while not (out / "checkpoint.pt").exists() and time.time() < deadline and p.poll() is None:
-            time.sleep(0.02)
-        time.sleep(float(rng.uniform(0.0, 1.5)))
+        # wait until this process has committed a checkpoint of its own, then kill it at a random later
+        # moment: inside an epoch, a validation or a checkpoint write
+        while p.poll() is None and time.time() < deadline:
+            try:
+                if stamp() not in (None, before):
+                    break
+            except FileNotFoundError:  # between the rename's unlink and link on some filesystems
+                pass
+            time.sleep(0.005)
+        time.sleep(float(rng.uniform(0.0, 0.4)))
+        assert p.poll() is None, "the run ended before its kill: raise the epoch count"
         p.send_signal(signal.SIGKILL)
         p.wait()
-        if not (out / "checkpoint.pt").exists():
-            continue  # killed before its first checkpoint: the next run starts afresh
-        ck = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+        ck = torch.load(ckpt, map_location="cpu", weights_only=True)
         state = json.loads(ck["state"])
         epochs_at_kill.append((ck["stage"], state["epoch"]))
         assert state["log"][0]["stage"] == 0 and {"model", "opt", "best_model"} <= set(ck)
     r = _train(tiny_catalog, out, *args, resume=(out / "checkpoint.pt").exists())
     assert r.returncode == 0, r.stderr
-    assert epochs_at_kill == sorted(epochs_at_kill)  # never went backwards
+    assert all(a < b for a, b in zip(epochs_at_kill, epochs_at_kill[1:], strict=False))  # every run moved on
     print(f"kill -9 during training: {runs} kills, checkpoint (stage, epoch) at each: {epochs_at_kill}")
     a, b = load_model(ref / "model"), load_model(out / "model")
     assert a.weights_sha256() == b.weights_sha256()
