@@ -520,11 +520,13 @@ def bench_unseen(
     protocols: dict[str, str] | None = None,
     data_root: str = "../shared/data/grocery",
     max_queries: int | None = None,
+    score_modes: tuple[str, ...] = ("max", "prototype", "probe"),
 ) -> dict[str, Any]:
     """Top-1 on held-out grocery items under two enrollment protocols, each model against the first.
 
     Defaults: the off-the-shelf lite0 as baseline, then any models given (e.g. trained checkpoints);
-    protocols: the iconic catalog image alone, and iconic + 8 train photos per item.
+    protocols: the iconic catalog image alone, and iconic + 8 train photos per item; each gallery
+    scored with each of ``score_modes`` (nearest photo, prototype, enrollment-time probe).
     """
     from .protocols import evaluate_protocols
 
@@ -536,7 +538,7 @@ def bench_unseen(
         "iconic only": str(root / "grocery_unseen.csv"),
         "iconic + 8 photos": str(root / "grocery_unseen_fewshot.csv"),
     }
-    return evaluate_protocols(models, protocols, data_root, max_queries=max_queries)
+    return evaluate_protocols(models, protocols, data_root, max_queries=max_queries, score_modes=score_modes)
 
 
 def bench_deploy(**kwargs: Any) -> dict[str, Any]:

@@ -54,7 +54,7 @@ DB_FILE = "gallery.sqlite"
 LOCK_FILE = "gallery.lock"
 INDEX_PREFIX = "vectors."
 ANN_PREFIX = "ann."
-SCORE_MODES = ("max", "mean_topn", "prototype")
+SCORE_MODES = ("max", "mean_topn", "prototype", "probe")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -466,8 +466,9 @@ class Gallery:
             np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64) if len(counts) else counts
         )
         self._protos = None
+        self._probe_fit: tuple[np.ndarray, np.ndarray] | None = None
         self._ann = None
-        self._block_cache: dict[tuple[int, bytes], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._block_cache: dict[tuple, tuple] = {}
 
     def refresh(self) -> bool:
         """Catch up with other processes' commits; returns True when the vectors changed.
@@ -810,7 +811,9 @@ class Gallery:
         self._set_meta({k: str(float(v)) for k, v in updates.items()})
 
     def set_score_mode(self, mode: str, top_n: int | None = None) -> None:
-        """Item score: ``max`` over its vectors, ``mean_topn`` of its best n, or ``prototype`` (mean vector)."""
+        """Item score: ``max`` over its vectors, ``mean_topn`` of its best n, ``prototype`` (mean vector), or
+        ``probe``: prototypes refined into a linear classifier on the enrolled vectors (:mod:`.adapt`), fitted
+        per candidate set (or over the whole gallery, when small enough) at first use and cached."""
         if mode not in SCORE_MODES:
             raise ValueError(f"score mode {mode!r} is not one of {', '.join(SCORE_MODES)}")
         upd = {"score_mode": mode}
@@ -955,6 +958,24 @@ class Gallery:
             self._protos = normalize_rows(sums)
         return self._protos
 
+    def _probe(self, cols: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The probe ``(W, b)`` over the items ``cols`` (all items when None)."""
+        from .adapt import PROBE_MAX_WORK, fit_probe
+
+        if cols is None and self._probe_fit is not None:
+            return self._probe_fit
+        sel = np.arange(len(self._items)) if cols is None else cols
+        rows = np.concatenate([np.arange(self._starts[c], self._starts[c] + self._counts[c]) for c in sel])
+        if len(rows) * len(sel) * self.embedding_dim > PROBE_MAX_WORK:
+            raise GalleryError(
+                f"{self.root}: 'probe' scoring over {len(sel)} items ({len(rows)} vectors) is too large to fit on "
+                "the fly; give a candidate set, or use score mode 'prototype' or 'max'"
+            )
+        fit = fit_probe(self._vecs[rows], np.repeat(np.arange(len(sel)), self._counts[sel]), len(sel))
+        if cols is None:
+            self._probe_fit = fit
+        return fit
+
     def _gpu(self):
         """A FAISS GPU resource when asked for (or 'auto' and present), else None."""
         if self.use_gpu is False:
@@ -976,6 +997,9 @@ class Gallery:
         mode = self.score_mode
         if mode == "prototype":
             return q @ self._prototypes().T
+        if mode == "probe":
+            w, b = self._probe()
+            return q @ w.T + b
         out = np.empty((len(q), len(self._items)), np.float32)
         step = max(1, int(2e8 // max(1, len(self))))  # ~800 MB of scores at most
         for i in range(0, len(q), step):
@@ -1009,6 +1033,10 @@ class Gallery:
 
     def _ann_item_scores(self, q: np.ndarray, k: int) -> tuple[list[str], np.ndarray]:
         """Approximate full search for large galleries: nearest vectors -> items (max), rest -inf."""
+        if self.score_mode == "probe":
+            raise GalleryError(
+                f"{self.root}: 'probe' scoring of a gallery this large ({len(self)} vectors) needs a candidate set"
+            )
         r = min(len(self), max(64, 16 * k))
         gpu = self._gpu()
         if gpu is not None:
@@ -1030,13 +1058,16 @@ class Gallery:
                 scores[qi, short] = exact[0]
         return self._items, scores
 
-    def _candidate_set(self, cands: tuple[str, ...]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-        """A candidate set, validated and gathered once: ``(items, vectors, block starts, counts)``.
+    def _candidate_set(
+        self, cands: tuple[str, ...]
+    ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """A candidate set, validated and gathered once: ``(items, vectors, block starts, counts, bias)``.
 
         A camera matches many frames against the same few items: gathering the
         candidates' vectors into one matrix once per set makes each query a single small
         matrix product, without touching the rest of the gallery. Cached per generation.
-        For ``prototype`` scoring the matrix holds one prototype per item.
+        For ``prototype`` scoring the matrix holds one prototype per item; for ``probe`` one
+        weight row per item (fitted on just these items' vectors) and ``bias`` its biases.
         """
         key = (self.generation, self.score_mode, cands)
         hit = self._block_cache.get(key)
@@ -1048,7 +1079,11 @@ class Gallery:
             if not items:
                 raise ValueError("an empty candidate set (give None to search the whole gallery)")
             cols = np.array([self._col[c] for c in items], dtype=np.int64)
-            if self.score_mode == "prototype":
+            bias = None
+            if self.score_mode == "probe":
+                mat, bias = self._probe(cols)
+                counts = np.ones(len(cols), np.int64)
+            elif self.score_mode == "prototype":
                 mat = np.ascontiguousarray(self._prototypes()[cols])
                 counts = np.ones(len(cols), np.int64)
             else:
@@ -1058,7 +1093,7 @@ class Gallery:
                 )
                 mat = np.ascontiguousarray(self._vecs[rows])
             starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-            hit = (items, mat, starts, counts)
+            hit = (items, mat, starts, counts, bias)
             if len(self._block_cache) >= 64:
                 self._block_cache.pop(next(iter(self._block_cache)))
             self._block_cache[key] = hit
@@ -1066,9 +1101,11 @@ class Gallery:
 
     def _candidate_scores(self, q: np.ndarray, cands: tuple[str, ...]) -> tuple[list[str], np.ndarray]:
         """Item scores for just the candidates: their gathered vectors only, never a scan."""
-        items, mat, starts, counts = self._candidate_set(cands)
+        items, mat, starts, counts, bias = self._candidate_set(cands)
         sims = q @ mat.T
-        mode = "max" if self.score_mode == "prototype" else self.score_mode
+        if bias is not None:
+            sims += bias
+        mode = "max" if self.score_mode in ("prototype", "probe") else self.score_mode
         return items, block_scores(sims, starts, counts, mode, self.top_n)
 
     def search(

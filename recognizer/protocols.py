@@ -4,7 +4,9 @@ For each model and each protocol manifest (e.g. the iconic catalog image alone, 
 iconic image plus 8 photos per item) a fresh gallery is enrolled with the real enrollment
 code and every query is scored against every item with the report's evaluation code. The
 first model is the baseline (normally the off-the-shelf backbone): every other model gets
-its paired difference in top-1 with a bootstrap CI and an exact McNemar p-value.
+its paired difference in top-1 with a bootstrap CI and an exact McNemar p-value. Several
+gallery score modes (e.g. ``max`` and the enrollment-time ``probe``) can be compared on the
+same galleries and query embeddings; the baseline is the first model in the first mode.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +30,11 @@ def evaluate_protocols(
     query_options: QueryOptions | None = None,
     max_queries: int | None = None,
     progress: bool = False,
+    score_modes: Sequence[str] = ("max",),
 ) -> dict[str, Any]:
     """``{protocol: {model: metrics}}`` for ``models`` (label -> spec) x ``protocols`` (label -> manifest).
+
+    With more than one of ``score_modes`` each model's cells are labelled ``"model [mode]"``.
 
     Metrics per cell: top-1, top-5, top-1 within the query's own candidates, seconds; and, for
     every model after the first, ``vs_baseline`` (difference, CI, McNemar p).
@@ -39,7 +45,7 @@ def evaluate_protocols(
     from .report import compare, compute_metrics, evaluate_gallery
 
     opts = query_options or QueryOptions(aspect="crop", zoom=0.6)
-    out: dict[str, Any] = {"query_options": opts.__dict__, "protocols": {}}
+    out: dict[str, Any] = {"query_options": opts.__dict__, "score_modes": list(score_modes), "protocols": {}}
     tmp = Path(tempfile.mkdtemp(prefix="protocols-"))
     try:
         loaded = {label: load_model(spec) for label, spec in models.items()}
@@ -55,42 +61,48 @@ def evaluate_protocols(
                 t0 = time.perf_counter()
                 g = Gallery.create(tmp / f"{pname}-{len(cells)}", model.describe())
                 enroll_manifest(g, model, man, progress=progress)
+                t_enroll = time.perf_counter() - t0
                 key = (
                     label,
                     Path(man.data_root).resolve(),
                     tuple((r.path, r.item_id, r.candidates) for r in queries),
                 )
-                ev = evaluate_gallery(
-                    g,
-                    man,
-                    queries,
-                    progress=progress,
-                    query_options=opts,
-                    model=model,
-                    embedded=embedded.get(key),
-                )
-                embedded[key] = ev.embedded
-                m = compute_metrics(ev, n_boot=500)
-                cell = {
-                    "model": models[label],
-                    "gallery_vectors": len(g),
-                    "queries": m["known_queries"],
-                    "top1": m["top1"],
-                    "top1_ci95": m["top1_ci95"],
-                    "top5": m.get("top5"),
-                    "top1_within_candidates": _own_candidates(m),
-                    "seconds": time.perf_counter() - t0,
-                }
-                if base is None:
-                    base = (m, ev.rows)
-                else:
-                    c = compare(base[0], m, base[1], ev.rows)
-                    cell["vs_baseline"] = {
-                        "diff": c["top1_diff_b_minus_a"],
-                        "diff_ci95": c["diff_ci95"],
-                        "mcnemar_p": c["mcnemar_p"],
+                for mode in score_modes:
+                    t0 = time.perf_counter()
+                    g.set_score_mode(mode)
+                    ev = evaluate_gallery(
+                        g,
+                        man,
+                        queries,
+                        progress=progress,
+                        query_options=opts,
+                        model=model,
+                        embedded=embedded.get(key),
+                    )
+                    embedded[key] = ev.embedded
+                    m = compute_metrics(ev, n_boot=500)
+                    cell = {
+                        "model": models[label],
+                        "score_mode": mode,
+                        "gallery_vectors": len(g),
+                        "queries": m["known_queries"],
+                        "top1": m["top1"],
+                        "top1_ci95": m["top1_ci95"],
+                        "top5": m.get("top5"),
+                        "top1_within_candidates": _own_candidates(m),
+                        "seconds": t_enroll + time.perf_counter() - t0,
                     }
-                cells[label] = cell
+                    t_enroll = 0.0
+                    if base is None:
+                        base = (m, ev.rows)
+                    else:
+                        c = compare(base[0], m, base[1], ev.rows)
+                        cell["vs_baseline"] = {
+                            "diff": c["top1_diff_b_minus_a"],
+                            "diff_ci95": c["diff_ci95"],
+                            "mcnemar_p": c["mcnemar_p"],
+                        }
+                    cells[label if len(score_modes) == 1 else f"{label} [{mode}]"] = cell
             out["protocols"][pname] = cells
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -139,16 +139,70 @@ def test_threshold_and_score_modes_persist(gallery):
     g2 = Gallery.open(gallery.root)
     assert (g2.threshold, g2.margin) == (0.75, 0.05)
     q = _unit(rng, 5)
-    for mode in ("max", "mean_topn", "prototype"):
+    for mode in ("max", "mean_topn", "prototype", "probe"):
         g2.set_score_mode(mode, top_n=2)
         full = g2.search(q, k=2)
         cons = g2.search(q, k=2, candidates=["a", "b"])
         for f, c in zip(full, cons, strict=True):  # constrained to all items == full search
             assert f.item_id == c.item_id and f.score == pytest.approx(c.score, abs=1e-5)
-    with pytest.raises(ValueError, match="not one of max, mean_topn, prototype"):
+    with pytest.raises(ValueError, match="not one of max, mean_topn, prototype, probe"):
         g2.set_score_mode("median")
     with pytest.raises(ValueError, match="finite"):
         g2.set_threshold(float("nan"))
+
+
+def _nuisance_items(rng, n_items, per_item, dim=32, nuisance=6):
+    """Items whose photos vary strongly along a few shared nuisance directions (lighting, background)."""
+    centers = rng.normal(size=(n_items, dim)).astype(np.float32)
+    noise = rng.normal(0, 0.15, (n_items, per_item, dim)).astype(np.float32)
+    noise[..., :nuisance] = rng.normal(0, 4.0, (n_items, per_item, nuisance))
+    x = (centers[:, None] + noise).reshape(-1, dim)
+    return x / np.linalg.norm(x, axis=1, keepdims=True), np.repeat(np.arange(n_items), per_item)
+
+
+def test_probe_refines_prototypes_on_the_enrolled_photos(tmp_path):
+    """Fitted on the enrolled vectors, the probe learns to ignore what varies within items: on fresh photos
+    it beats the nearest photo and the prototype. With one photo per item it ranks like the prototype."""
+    rng = np.random.default_rng(0)
+    x, y = _nuisance_items(rng, 12, 8)
+    g = Gallery.create(tmp_path / "g", _desc(dim=32))
+    g.add([f"i{k}" for k in y], x)
+    qx, qy = _nuisance_items(np.random.default_rng(0), 12, 40)  # same item centres, fresh photos
+    acc = {}
+    for mode in ("max", "prototype", "probe"):
+        g.set_score_mode(mode)
+        acc[mode] = np.mean([m.item_id == f"i{k}" for m, k in zip(g.search(qx, k=1), qy, strict=True)])
+    assert acc["probe"] > acc["prototype"] + 0.05 and acc["probe"] > acc["max"] + 0.05, acc
+    # a candidate set gets a probe of its own, fitted on just its items
+    cands = ["i3", "i7", "i9"]
+    sub = qy[np.isin(qy, [3, 7, 9])]
+    got = g.search(qx[np.isin(qy, [3, 7, 9])], k=2, candidates=cands)
+    assert {m.item_id for m in got} <= set(cands) and np.mean([m.item_id == f"i{k}" for m, k in zip(got, sub)]) > 0.9
+    with pytest.raises(UnknownItemError):
+        g.search(qx[:1], candidates=["i3", "nope"])
+    # one photo per item: the probe keeps the prototypes' ranking
+    one = Gallery.create(tmp_path / "one", _desc(dim=32))
+    one.add([f"i{k}" for k in range(12)], x[::8])
+    ranks = {}
+    for mode in ("prototype", "probe"):
+        one.set_score_mode(mode)
+        ranks[mode] = [m.item_id for m in one.search(qx, k=1)]
+    assert np.mean([a == b for a, b in zip(ranks["prototype"], ranks["probe"], strict=True)]) >= 0.95
+
+
+def test_probe_follows_gallery_changes_and_refuses_huge_full_scans(tmp_path):
+    rng = np.random.default_rng(1)
+    x, y = _nuisance_items(rng, 4, 5)
+    g = Gallery.create(tmp_path / "g", _desc(dim=32), ann_threshold=18)
+    g.add([f"i{k}" for k in y[:15]], x[:15])
+    g.set_score_mode("probe")
+    assert [m.item_id for m in g.search(x[:15:5], k=1)] == ["i0", "i1", "i2"]
+    g.add([f"i{k}" for k in y[15:]], x[15:])  # a new item: the probe is refitted, not reused
+    assert g.search(x[15:16], k=1, candidates=["i0", "i3"])[0].item_id == "i3"
+    with pytest.raises(GalleryError, match="needs a candidate set"):  # 20 vectors >= ann_threshold (18)
+        g.search(x[:1], k=1)
+    g.remove_item("i3")
+    assert g.search(x[15:16], k=3, candidates=["i0", "i1", "i2"])[0].item_id != "i3"
 
 
 def test_empty_gallery_answers_unknown(gallery):

@@ -6,6 +6,7 @@
   python tools/enroll.py --gallery G --remove cola-330ml
   python tools/enroll.py --gallery G --list
   python tools/enroll.py --gallery G --set-threshold 0.6 [--set-margin 0.02]
+  python tools/enroll.py --gallery G --set-score-mode probe
   python tools/enroll.py --gallery G --manifest items.csv --backend onnx --onnx export/model.onnx
 
 A new gallery is created for --model (default: off-the-shelf lite0). An existing gallery
@@ -21,7 +22,7 @@ import sys
 
 from recognizer.backend import add_backend_arguments, backend_kwargs
 from recognizer.enroll import backfill_local_features, enroll_files, enroll_manifest, open_or_create_gallery
-from recognizer.gallery import Gallery, GalleryError
+from recognizer.gallery import SCORE_MODES, Gallery, GalleryError
 from recognizer.imageio import ImageLoadError
 from recognizer.manifest import ManifestError, load_manifest
 from recognizer.model import ModelLoadError
@@ -38,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument(
         "--set-threshold", type=float, metavar="COS", help="store the open-set cosine threshold"
     )
+    what.add_argument(
+        "--set-score-mode", choices=SCORE_MODES,
+        help="how an item's vectors score a query: max (nearest photo, default), mean_topn, prototype (mean "
+        "vector), probe (prototypes refined on the enrolled photos; best with several photos per item)",
+    )  # fmt: skip
     ap.add_argument("--set-margin", type=float, help="with --set-threshold: margin over the second-best item")
     ap.add_argument("--images", nargs="+", help="with --item: image files")
     ap.add_argument("--name", help="with --item: display name")
@@ -59,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.item and not args.images:
         ap.error("--item needs --images")
     try:
-        if args.list or args.remove or args.set_threshold is not None:
+        if args.list or args.remove or args.set_threshold is not None or args.set_score_mode:
             g = Gallery.open(args.gallery)
             if args.remove:
                 n = g.remove_item(args.remove)
@@ -67,9 +73,12 @@ def main(argv: list[str] | None = None) -> int:
             elif args.set_threshold is not None:
                 g.set_threshold(args.set_threshold, args.set_margin)
                 print(f"threshold {g.threshold:.4f}, margin {g.margin:.4f}")
+            elif args.set_score_mode:
+                g.set_score_mode(args.set_score_mode)
+                print(f"score mode {g.score_mode} (recalibrate the threshold for it: tools/report.py)")
             else:
                 print(f"{args.gallery}: {len(g.item_ids)} items, {len(g)} vectors, model {g.fingerprint} "
-                      f"({g.model_spec}), threshold {g.threshold:.3f}, margin {g.margin:.3f}")  # fmt: skip
+                      f"({g.model_spec}), threshold {g.threshold:.3f}, margin {g.margin:.3f}, score mode {g.score_mode}")  # fmt: skip
                 for it in g.items():
                     print(f"  {it.item_id}\t{it.vectors}\t{it.name}")
             return 0
