@@ -48,7 +48,9 @@ def test_embedding_scaling_and_protocol_suites_at_quick_sizes(tmp_path, tiny_cat
     assert 0 <= cells["b"]["top1"] <= 1 and "mcnemar_p" in cells["b"]["vs_baseline"]
     assert "| one-shot | b |" in protocols_markdown(p)
     # score modes compared on the same gallery and query embeddings; one photo per item: probe ~ prototype
-    p = evaluate_protocols({"a": "lite0@64"}, {"one-shot": str(tiny_catalog)}, None, score_modes=("max", "probe"))
+    p = evaluate_protocols(
+        {"a": "lite0@64"}, {"one-shot": str(tiny_catalog)}, None, score_modes=("max", "probe")
+    )
     cells = p["protocols"]["one-shot"]
     assert list(cells) == ["a [max]", "a [probe]"] and cells["a [probe]"]["score_mode"] == "probe"
     assert abs(cells["a [probe]"]["top1"] - cells["a [max]"]["top1"]) <= 0.125

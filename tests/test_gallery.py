@@ -177,7 +177,8 @@ def test_probe_refines_prototypes_on_the_enrolled_photos(tmp_path):
     cands = ["i3", "i7", "i9"]
     sub = qy[np.isin(qy, [3, 7, 9])]
     got = g.search(qx[np.isin(qy, [3, 7, 9])], k=2, candidates=cands)
-    assert {m.item_id for m in got} <= set(cands) and np.mean([m.item_id == f"i{k}" for m, k in zip(got, sub)]) > 0.9
+    assert {m.item_id for m in got} <= set(cands)
+    assert np.mean([m.item_id == f"i{k}" for m, k in zip(got, sub, strict=True)]) > 0.9
     with pytest.raises(UnknownItemError):
         g.search(qx[:1], candidates=["i3", "nope"])
     # one photo per item: the probe keeps the prototypes' ranking
