@@ -52,6 +52,20 @@ def _median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def _interleaved_medians(
+    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
+) -> dict[str, float]:
+    """Median seconds of each function, run in turns (a, b, a, b, ...) after ``warmup`` rounds."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(warmup + repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            if r >= warmup:
+                times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -281,13 +295,16 @@ def bench_training(
     """Training throughput at ``n_classes`` (synthetic data): cached-feature head vs. full fine-tuning.
 
     Both use ArcFace (pytorch-metric-learning) with its ``n_classes x dim`` weight matrix,
-    whose memory is reported; peak RSS is the process's high-water mark after the suite.
+    whose memory is reported; peak RSS is the suite's own high-water mark (Linux: reset at its start,
+    so earlier suites in the same process do not count), with the resident memory at its start.
     """
     import torch
     from pytorch_metric_learning import losses
 
     from .model import build_model
 
+    rss_start = _rss_mb()
+    _reset_peak_rss()
     torch.manual_seed(seed)
     res: dict[str, Any] = {"n_classes": n_classes, "batch": batch, "input_size": input_size}
     model = build_model(
@@ -334,7 +351,8 @@ def bench_training(
     t = _median_time(lambda: step(images, labels, False), steps, warmup=1)
     res["stage2_top1_block_step_seconds"] = t
     res["stage2_top1_block_images_per_second"] = batch / t
-    res["peak_rss_mb"] = peak_rss_mb()
+    res["rss_at_start_mb"] = rss_start
+    res["peak_rss_mb"] = _peak_since_reset_mb()
     return res
 
 
@@ -376,11 +394,18 @@ def bench_embedding(
                     body.forward_features(inp[i : i + batch]).mean((2, 3))
 
         res["bare_timm_images_per_second"] = len(x) / _median_time(lambda: bare(x), 2)
-        body.to(memory_format=torch.channels_last)
         xc = x.contiguous(memory_format=torch.channels_last)
-        res["bare_timm_channels_last_images_per_second"] = len(x) / _median_time(lambda: bare(xc), 2)
-        t = _median_time(lambda: embed_paths(net, paths, batch_size=batch), 2)
-        res["tools_embed_images_per_second"] = len(paths) / t
+
+        def bare_cl() -> None:
+            body.to(memory_format=torch.channels_last)
+            bare(xc)
+
+        # the two compared figures take turns, so drift on a shared machine hits both alike
+        times = _interleaved_medians(
+            {"bare": bare_cl, "tools": lambda: embed_paths(net, paths, batch_size=batch)}, repeats=3
+        )
+        res["bare_timm_channels_last_images_per_second"] = len(x) / times["bare"]
+        res["tools_embed_images_per_second"] = len(paths) / times["tools"]
         res["tools_vs_bare_timm"] = res["tools_embed_images_per_second"] / res["bare_timm_images_per_second"]
         res["tools_vs_bare_timm_channels_last"] = (
             res["tools_embed_images_per_second"] / res["bare_timm_channels_last_images_per_second"]
