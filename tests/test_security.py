@@ -32,3 +32,43 @@ def test_configs_and_manifests_are_parsed_safely():
         text = path.read_text()
         assert "yaml.load(" not in text and "yaml.unsafe_load" not in text, path  # safe_load only
         assert "eval(" not in re.sub(r"\.eval\(|_eval\(|model\.eval|literal_eval\(", "", text), path
+
+
+class _Payload:
+    """Unpickling this runs code: it writes a marker file."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_planted_pickle_payload_in_a_checkpoint_or_weights_never_runs(tmp_path):
+    import pickle
+
+    import pytest
+    import torch
+
+    from recognizer.model import ModelLoadError, load_model
+    from recognizer.train import ConfigError, load_checkpoint
+
+    marker = tmp_path / "pwned"
+    ck = tmp_path / "checkpoint.pt"
+    torch.save(
+        {"config_hash": "x", "model": _Payload(str(marker))}, ck, pickle_protocol=pickle.HIGHEST_PROTOCOL
+    )
+    with pytest.raises(ConfigError, match="not a readable checkpoint"):
+        load_checkpoint(ck, {})
+    assert not marker.exists()
+    # a model folder whose weights file is a pickle, not safetensors: refused, nothing runs
+    from recognizer.model import build_model
+
+    m = build_model({"backbone": "lite0", "input_size": 64}, pretrained=False)
+    m.save(tmp_path / "model")
+    weights = next(p for p in (tmp_path / "model").iterdir() if p.suffix == ".safetensors")
+    with open(weights, "wb") as f:
+        pickle.dump(_Payload(str(marker)), f)
+    with pytest.raises(ModelLoadError):
+        load_model(str(tmp_path / "model"))
+    assert not marker.exists()
