@@ -150,7 +150,9 @@ def test_enroll_and_match_tools_end_to_end(tmp_path, tiny_catalog, tiny_model):
     out = _run("tools/enroll.py", "--gallery", str(gal), "--set-threshold", "0.5", "--set-margin", "0.01")
     assert "threshold 0.5000, margin 0.0100" in out.stdout
     out = _run("tools/enroll.py", "--gallery", str(gal), "--set-score-mode", "probe")
-    assert out.returncode == 0 and "score mode probe" in out.stdout  # the matching below scores with the probe
+    assert (
+        out.returncode == 0 and "score mode probe" in out.stdout
+    )  # the matching below scores with the probe
     out = _run("tools/enroll.py", "--gallery", str(gal), "--set-score-mode", "median")
     assert out.returncode == 2 and "invalid choice: 'median'" in out.stderr
     preds = tmp_path / "preds.csv"
