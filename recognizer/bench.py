@@ -42,14 +42,7 @@ import numpy as np
 
 
 def _median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return _interleaved_medians({"fn": fn}, repeats, warmup)["fn"]
 
 
 def _interleaved_medians(

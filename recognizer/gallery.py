@@ -958,6 +958,10 @@ class Gallery:
             self._protos = normalize_rows(sums)
         return self._protos
 
+    def _rows_of(self, cols: np.ndarray) -> np.ndarray:
+        """Row indices of these items' vectors in ``_vecs``, item by item."""
+        return np.concatenate([np.arange(self._starts[c], self._starts[c] + self._counts[c]) for c in cols])
+
     def _probe(self, cols: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The probe ``(W, b)`` over the items ``cols`` (all items when None)."""
         from .adapt import PROBE_MAX_WORK, fit_probe
@@ -965,7 +969,7 @@ class Gallery:
         if cols is None and self._probe_fit is not None:
             return self._probe_fit
         sel = np.arange(len(self._items)) if cols is None else cols
-        rows = np.concatenate([np.arange(self._starts[c], self._starts[c] + self._counts[c]) for c in sel])
+        rows = self._rows_of(sel)
         if len(rows) * len(sel) * self.embedding_dim > PROBE_MAX_WORK:
             raise GalleryError(
                 f"{self.root}: 'probe' scoring over {len(sel)} items ({len(rows)} vectors) is too large to fit on "
@@ -1088,10 +1092,7 @@ class Gallery:
                 counts = np.ones(len(cols), np.int64)
             else:
                 counts = self._counts[cols]
-                rows = np.concatenate(
-                    [np.arange(self._starts[c], self._starts[c] + self._counts[c]) for c in cols]
-                )
-                mat = np.ascontiguousarray(self._vecs[rows])
+                mat = np.ascontiguousarray(self._vecs[self._rows_of(cols)])
             starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
             hit = (items, mat, starts, counts, bias)
             if len(self._block_cache) >= 64:

@@ -208,6 +208,10 @@ def test_kill_9_during_training_then_resume_gives_the_uninterrupted_result(tmp_p
     assert _train(tiny_catalog, ref, *args).returncode == 0
     out = tmp_path / "crashy"
     ckpt = out / "checkpoint.pt"
+
+    def stamp() -> tuple[int, int] | None:  # which checkpoint file is there now
+        return (ckpt.stat().st_ino, ckpt.stat().st_mtime_ns) if ckpt.exists() else None
+
     rng = np.random.default_rng(0)
     epochs_at_kill = []
     for _ in range(runs):
@@ -221,7 +225,6 @@ def test_kill_9_during_training_then_resume_gives_the_uninterrupted_result(tmp_p
             *TINY,
             *args,
         ]
-        stamp = lambda: (ckpt.stat().st_ino, ckpt.stat().st_mtime_ns) if ckpt.exists() else None  # noqa: E731
         before = stamp()
         if before is not None:
             cmd.append("--resume")
@@ -244,7 +247,7 @@ def test_kill_9_during_training_then_resume_gives_the_uninterrupted_result(tmp_p
         state = json.loads(ck["state"])
         epochs_at_kill.append((ck["stage"], state["epoch"]))
         assert state["log"][0]["stage"] == 0 and {"model", "opt", "best_model"} <= set(ck)
-    r = _train(tiny_catalog, out, *args, resume=(out / "checkpoint.pt").exists())
+    r = _train(tiny_catalog, out, *args, resume=ckpt.exists())
     assert r.returncode == 0, r.stderr
     assert all(a < b for a, b in zip(epochs_at_kill, epochs_at_kill[1:], strict=False))  # every run moved on
     print(f"kill -9 during training: {runs} kills, checkpoint (stage, epoch) at each: {epochs_at_kill}")
