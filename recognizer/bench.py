@@ -83,8 +83,8 @@ def bench_gallery(
     """The gallery suite (see the module docstring)."""
     import faiss
 
-    from .ann import perturbed_queries, recall_at_k
-    from .gallery import Gallery
+    from .gallery.ann import perturbed_queries, recall_at_k
+    from .gallery.gallery import Gallery
 
     res: dict[str, Any] = {
         "n_items": n_items,
@@ -210,13 +210,14 @@ def bench_query_options(
     shared data, skipped when absent. ``query_stride`` keeps every n-th query.
     Every option is measured against the baseline on the same queries in the same run.
     """
-    from .enroll import enroll_manifest, match_manifest
-    from .gallery import Gallery
-    from .manifest import load_manifest
-    from .model import load_model
-    from .query import QueryOptions
-    from .rerank import RerankConfig
-    from .synthetic import generate_covers
+    from .data.manifest import load_manifest
+    from .data.synthetic import generate_covers
+    from .enroll import enroll_manifest
+    from .gallery.gallery import Gallery
+    from .matching.batch import match_manifest
+    from .matching.options import QueryOptions
+    from .matching.rerank import RerankConfig
+    from .models.model import load_model
 
     tmp = Path(tempfile.mkdtemp(dir=workdir, prefix="bench_query_"))
     res: dict[str, Any] = {"model": model}
@@ -294,7 +295,7 @@ def bench_training(
     import torch
     from pytorch_metric_learning import losses
 
-    from .model import build_model
+    from .models.model import build_model
 
     rss_start = _rss_mb()
     _reset_peak_rss()
@@ -337,7 +338,7 @@ def bench_training(
         res["cached_head_samples_per_second"] / res["full_finetune_images_per_second"]
     )
     # stage 2 as configured for the grocery recipe: only the top block trains (frozen BatchNorm in eval)
-    from .train import freeze_backbone, set_train_mode
+    from .train.trainer import freeze_backbone, set_train_mode
 
     freeze_backbone(model, 1)
     set_train_mode(model)
@@ -362,11 +363,11 @@ def bench_embedding(
     """
     import torch
 
-    from .embed import embed_paths
+    from .data.synthetic import generate_catalog
     from .enroll import enroll_files
-    from .gallery import Gallery
-    from .model import load_model
-    from .synthetic import generate_catalog
+    from .gallery.gallery import Gallery
+    from .models.embed import embed_paths
+    from .models.model import load_model
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_embed_"))
     try:
@@ -376,7 +377,7 @@ def bench_embedding(
         size = net.preprocess.input_size
         res: dict[str, Any] = {"model": model, "input_size": size, "images": len(paths), "batch": batch,
                                "photo_size": photo_size, "torch_threads": torch.get_num_threads()}  # fmt: skip
-        from .imageio import load_image
+        from .data.imageio import load_image
 
         x = torch.stack([net.preprocess.to_tensor(load_image(p)) for p in paths])
         body = net.backbone.body
@@ -432,8 +433,8 @@ def bench_scaling(
     import subprocess
     import sys
 
-    from .ann import perturbed_queries
-    from .gallery import Gallery
+    from .gallery.ann import perturbed_queries
+    from .gallery.gallery import Gallery
 
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="bench_scaling_"))
@@ -477,7 +478,7 @@ def scaling_probe(root: str, queries: str) -> dict[str, float]:
     """Open one gallery and time its searches (run in a fresh process by :func:`bench_scaling`)."""
     import faiss  # noqa: F401 -- libraries loaded before the baseline reading
 
-    from .gallery import Gallery
+    from .gallery.gallery import Gallery
 
     q = np.load(queries)
     rss0 = _rss_mb()
@@ -546,7 +547,7 @@ def bench_unseen(
     protocols: the iconic catalog image alone, and iconic + 8 train photos per item; each gallery
     scored with each of ``score_modes`` (nearest photo, prototype, enrollment-time probe).
     """
-    from .protocols import evaluate_protocols
+    from .evaluation.protocols import evaluate_protocols
 
     root = Path(__file__).resolve().parent.parent / "data_manifests"
     if not Path(data_root).is_dir():
@@ -562,9 +563,9 @@ def bench_unseen(
 def bench_deploy(**kwargs: Any) -> dict[str, Any]:
     """Backbone x backend (torch, ONNX fp32, ONNX int8) x input size: speed, size and grocery-unseen top-1.
 
-    See :func:`recognizer.deploy_bench.run_deploy_table` for the arguments.
+    See :func:`recognizer.deploy.measure.run_deploy_table` for the arguments.
     """
-    from .deploy_bench import run_deploy_table
+    from .deploy.measure import run_deploy_table
 
     return run_deploy_table(**kwargs)
 
@@ -639,7 +640,7 @@ def markdown_table(doc: dict[str, Any]) -> str:
             if isinstance(v, dict) and "configs" in v:
                 nested.append((k, v))
             elif k == "protocols" and isinstance(v, dict):
-                from .protocols import protocols_markdown
+                from .evaluation.protocols import protocols_markdown
 
                 lines += ["", protocols_markdown(res), ""]
             elif isinstance(v, list) and v and isinstance(v[0], dict):

@@ -21,11 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .datasets import candidate_sets
-from .enroll import enroll_manifest, format_skipped, match_manifest
-from .gallery import Gallery, Match
-from .manifest import Manifest, ManifestError, load_manifest
-from .model import build_model, load_model
+from .data.candidates import candidate_sets
+from .data.manifest import Manifest, ManifestError, format_skipped, load_manifest
+from .enroll import enroll_manifest
+from .gallery.gallery import Gallery, Match
+from .matching.batch import match_manifest
+from .models.model import build_model, load_model
 
 
 def evaluate_matches(
@@ -72,7 +73,7 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     if manifest is None:
-        from .synthetic import generate_catalog
+        from .data.synthetic import generate_catalog
 
         t0 = time.perf_counter()
         manifest = generate_catalog(out / "synthetic_catalog", n_items, n_wild, seed=seed)

@@ -1,12 +1,16 @@
-"""Atomic file replacement: a reader (or a crash) sees the old file or the new one, never half of one."""
+"""File helpers: atomic replacement (a reader, or a crash, sees the old file or the new one, never half of
+one) and content hashes."""
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
+import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 
 def fsync_replace(tmp: str | os.PathLike, dst: str | os.PathLike) -> None:
@@ -68,3 +72,17 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write UTF-8 text through a temp file."""
     return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Content hash of a file (identical images are enrolled once)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: str | os.PathLike, doc: Any) -> Path:
+    """JSON through a temp file, fsync and rename: readers see the old document or the new one."""
+    return write_text_atomic(path, json.dumps(doc, indent=2, sort_keys=True, default=float) + "\n")

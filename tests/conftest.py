@@ -20,7 +20,7 @@ def shared_path(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def tiny_catalog(tmp_path_factory) -> Path:
     """A small synthetic catalog (8 items x 1 catalog + 2 wild photos), generated once per session."""
-    from recognizer.synthetic import generate_catalog
+    from recognizer.data.synthetic import generate_catalog
 
     return generate_catalog(tmp_path_factory.mktemp("catalog"), n_items=8, n_wild=2, seed=3, size=96)
 
@@ -30,7 +30,7 @@ def tiny_model():
     """lite0 architecture at 64 px with random weights: fast, for plumbing tests."""
     import torch
 
-    from recognizer.model import build_model
+    from recognizer.models.model import build_model
 
     torch.manual_seed(0)
     return build_model({"backbone": "lite0", "input_size": 64}, pretrained=False).eval()

@@ -25,7 +25,7 @@ def test_bench_quick_writes_json_and_table(tmp_path):
 
 def test_embedding_scaling_and_protocol_suites_at_quick_sizes(tmp_path, tiny_catalog):
     from recognizer.bench import bench_embedding, bench_scaling, markdown_table
-    from recognizer.protocols import evaluate_protocols, protocols_markdown
+    from recognizer.evaluation.protocols import evaluate_protocols, protocols_markdown
 
     e = bench_embedding(model="lite0@64", n_images=16, photo_size=96, batch=8)
     assert e["images"] == 16 and e["enrolled_vectors"] == 16

@@ -19,8 +19,8 @@ def test_demo_on_tiny_synthetic_catalog(tmp_path):
     assert 0.0 <= r["top1"] <= r["top5"] <= 1.0
     assert json.loads((tmp_path / "demo_results.json").read_text())["models"].keys() == res["models"].keys()
     assert "| lite0 (pretrained) |" in format_results(res)
-    from recognizer.enroll import load_gallery_model
     from recognizer.gallery import Gallery
+    from recognizer.session import load_gallery_model
 
     g = Gallery.open(r["gallery"])
     assert g.model_spec == "lite0@64" and load_gallery_model(g).preprocess.input_size == 64

@@ -11,15 +11,11 @@ import pytest
 from conftest import ROOT, shared_path
 from PIL import Image
 
-from recognizer.enroll import (
-    enroll_files,
-    enroll_manifest,
-    match_manifest,
-    open_or_create_gallery,
-    write_predictions,
-)
+from recognizer.data.manifest import load_manifest
+from recognizer.enroll import enroll_files, enroll_manifest
 from recognizer.gallery import Gallery, GalleryModelMismatchError, UnknownItemError
-from recognizer.manifest import load_manifest
+from recognizer.matching.batch import match_manifest, write_predictions
+from recognizer.session import open_or_create_gallery
 
 
 def _run(*args):
@@ -91,7 +87,7 @@ def test_gallery_from_another_model_is_refused(tmp_path, small_gallery):
     g, model, m = small_gallery
     import torch
 
-    from recognizer.model import build_model
+    from recognizer.models.model import build_model
 
     torch.manual_seed(123)
     other = build_model({"backbone": "lite0", "input_size": 64}, pretrained=False)
@@ -202,7 +198,7 @@ def test_enroll_and_match_tools_end_to_end(tmp_path, tiny_catalog, tiny_model):
 def test_grocery_unseen_items_enroll_then_match_within_candidates(tmp_path):
     """Real data: enroll each unseen item's one catalog photo with off-the-shelf lite0, match shelf photos."""
     root = shared_path("grocery")
-    from recognizer.model import load_model
+    from recognizer.models.model import load_model
 
     model = load_model("lite0")
     model.preprocess = model.preprocess.with_size(160)

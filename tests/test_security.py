@@ -53,8 +53,8 @@ def test_a_planted_pickle_payload_in_a_checkpoint_or_weights_never_runs(tmp_path
 
     import torch
 
-    from recognizer.model import ModelLoadError, load_model
-    from recognizer.train import ConfigError, load_checkpoint
+    from recognizer.models.model import ModelLoadError, load_model
+    from recognizer.train.trainer import ConfigError, load_checkpoint
 
     marker = tmp_path / "pwned"
     ck = tmp_path / "checkpoint.pt"
@@ -65,7 +65,7 @@ def test_a_planted_pickle_payload_in_a_checkpoint_or_weights_never_runs(tmp_path
         load_checkpoint(ck, {})
     assert not marker.exists()
     # a model folder whose weights file is a pickle, not safetensors: refused, nothing runs
-    from recognizer.model import build_model
+    from recognizer.models.model import build_model
 
     m = build_model({"backbone": "lite0", "input_size": 64}, pretrained=False)
     m.save(tmp_path / "model")

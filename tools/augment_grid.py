@@ -12,10 +12,10 @@ import sys
 
 import numpy as np
 
-from recognizer.augment import augment_grid
-from recognizer.imageio import load_image
-from recognizer.manifest import load_manifest
-from recognizer.train import ConfigError, load_config, make_augment
+from recognizer.data.imageio import load_image
+from recognizer.data.manifest import load_manifest
+from recognizer.train.augment import augment_grid
+from recognizer.train.trainer import ConfigError, load_config, make_augment
 
 
 def main(argv: list[str] | None = None) -> int:

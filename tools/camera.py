@@ -17,12 +17,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from recognizer.backend import add_backend_arguments, backend_kwargs
-from recognizer.camera import PROPOSALS, CameraConfig, latency_table, run_camera
-from recognizer.enroll import load_gallery_embedder
+from recognizer.cli import (
+    CAMERA_DEFAULTS,
+    add_backend_arguments,
+    add_query_arguments,
+    backend_kwargs,
+    options_from_args,
+)
 from recognizer.gallery import Gallery, GalleryError
-from recognizer.model import ModelLoadError
-from recognizer.query import CAMERA_DEFAULTS, add_query_arguments, options_from_args
+from recognizer.matching.camera import PROPOSALS, CameraConfig, latency_table, run_camera
+from recognizer.models.model import ModelLoadError
+from recognizer.session import load_gallery_embedder
 
 
 def _ints(text: str, n: int, sep: str, what: str) -> tuple[int, ...]:

@@ -20,12 +20,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from recognizer.backend import add_backend_arguments, backend_kwargs
-from recognizer.enroll import backfill_local_features, enroll_files, enroll_manifest, open_or_create_gallery
+from recognizer.cli import add_backend_arguments, backend_kwargs
+from recognizer.data.imageio import ImageLoadError
+from recognizer.data.manifest import ManifestError, load_manifest
+from recognizer.enroll import backfill_local_features, enroll_files, enroll_manifest
 from recognizer.gallery import SCORE_MODES, Gallery, GalleryError
-from recognizer.imageio import ImageLoadError
-from recognizer.manifest import ManifestError, load_manifest
-from recognizer.model import ModelLoadError
+from recognizer.models.model import ModelLoadError
+from recognizer.session import open_or_create_gallery
 
 
 def main(argv: list[str] | None = None) -> int:

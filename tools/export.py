@@ -23,9 +23,9 @@ import argparse
 import os
 import sys
 
-from recognizer.export import ExportError, export_model, write_model_card
-from recognizer.manifest import ManifestError
-from recognizer.model import ModelLoadError, load_model
+from recognizer.data.manifest import ManifestError
+from recognizer.deploy.export import ExportError, export_model, write_model_card
+from recognizer.models.model import ModelLoadError, load_model
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from recognizer.datasets import build_manifests
+from recognizer.data.datasets import build_manifests
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,13 +15,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from recognizer.backend import add_backend_arguments, backend_kwargs
-from recognizer.enroll import format_skipped, load_gallery_embedder
+from recognizer.cli import (
+    PHOTO_DEFAULTS,
+    add_backend_arguments,
+    add_query_arguments,
+    backend_kwargs,
+    options_from_args,
+)
+from recognizer.data.manifest import ManifestError, format_skipped, load_manifest
+from recognizer.evaluation.report import run_report
 from recognizer.gallery import Gallery, GalleryError
-from recognizer.manifest import ManifestError, load_manifest
-from recognizer.model import ModelLoadError
-from recognizer.query import PHOTO_DEFAULTS, add_query_arguments, options_from_args
-from recognizer.report import run_report
+from recognizer.models.model import ModelLoadError
+from recognizer.session import load_gallery_embedder
 
 
 def main(argv: list[str] | None = None) -> int:

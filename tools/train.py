@@ -16,9 +16,9 @@ import argparse
 import json
 import sys
 
-from recognizer.manifest import ManifestError
-from recognizer.model import ModelLoadError
-from recognizer.train import ConfigError, run_training
+from recognizer.data.manifest import ManifestError
+from recognizer.models.model import ModelLoadError
+from recognizer.train.trainer import ConfigError, run_training
 
 
 def main(argv: list[str] | None = None) -> int:

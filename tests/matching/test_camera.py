@@ -1,0 +1,194 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+from conftest import ROOT, shared_path
+
+from recognizer.data.imageio import load_image
+from recognizer.data.synthetic import catalog_image, generate_video, render_item, rgba_from_plain_background
+from recognizer.gallery import Gallery, UnknownItemError
+from recognizer.matching.camera import (
+    UNKNOWN,
+    CameraConfig,
+    FrameSource,
+    LabelTracker,
+    assign,
+    iou,
+    label_accuracy,
+    latency_table,
+    run_camera,
+)
+from recognizer.models.embed import embed_arrays
+from recognizer.models.model import load_model
+
+
+def test_iou_and_assignment():
+    assert iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert iou((0, 0, 10, 10), (5, 0, 10, 10)) == pytest.approx(50 / 150)
+    assert iou((0, 0, 10, 10), (20, 20, 5, 5)) == 0.0
+    s = np.array([[0.9, 0.8], [0.85, 0.1]])
+    assert assign(s, one_to_one=False).tolist() == [0, 0]  # both would say item 0
+    assert assign(s, one_to_one=True).tolist() == [1, 0]  # distinct names, best total
+
+
+def test_tracker_hysteresis_events_and_unknown():
+    cfg = CameraConfig(proposals="full", ema=1.0, switch_frames=3, leave_frames=2)
+    tr = LabelTracker(["a", "b"], cfg, threshold=0.5, one_to_one=False)
+    box = (10, 10, 50, 50)
+    ev = tr.update(0, 0.0, [box], np.array([[0.9, 0.2]]))
+    assert [(e.kind, e.item_id) for e in ev] == [("appear", "a")]
+    for f in (1, 2):  # two frames saying "b" are not enough to switch
+        assert tr.update(f, 0.0, [box], np.array([[0.2, 0.9]])) == []
+        assert tr.tracks[0].label == "a"
+    ev = tr.update(3, 0.0, [box], np.array([[0.2, 0.9]]))
+    assert [(e.kind, e.item_id, e.previous) for e in ev] == [("change", "b", "a")]
+    for f in (4, 5, 6):  # below the threshold: unknown, after the same hysteresis
+        ev = tr.update(f, 0.0, [box], np.array([[0.3, 0.2]]))
+    assert [(e.kind, e.item_id) for e in ev] == [("change", UNKNOWN)]
+    evs = [e for f in (7, 8, 9) for e in tr.update(f, 0.0, [], np.zeros((0, 2)))]
+    assert [(e.kind, e.track_id) for e in evs] == [("leave", 1)]
+    assert json.loads(evs[0].to_json())["box"] == list(box)
+
+
+def test_file_source_delivers_every_frame_and_live_drops_stale(tmp_path):
+    p = tmp_path / "v.mp4"
+    w = cv2.VideoWriter(str(p), cv2.VideoWriter_fourcc(*"mp4v"), 50, (32, 24))
+    for i in range(30):
+        w.write(np.full((24, 32, 3), i * 8, np.uint8))
+    w.release()
+    src = FrameSource(str(p), realtime=False)
+    got = []
+    while (item := src.read()) is not None:
+        got.append(item[0])
+        time.sleep(0.005)
+    src.close()
+    assert got == list(range(30))
+    src = FrameSource(str(p), realtime=True)  # 50 fps; a slow consumer only ever sees the newest frame
+    got = []
+    while (item := src.read()) is not None:
+        got.append(item[0])
+        time.sleep(0.06)
+    src.close()
+    assert got == sorted(got) and len(got) < 30 and src.dropped > 0
+    with pytest.raises(FileNotFoundError, match="no such video"):
+        FrameSource(str(tmp_path / "missing.mp4"))
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    """A gallery of 6 synthetic items enrolled from their catalog images, and a video of 3 of them."""
+    d = tmp_path_factory.mktemp("cam")
+    items = [(f"item{i:04d}", render_item(i, seed=5)) for i in range(6)]
+    model = load_model("lite0@160")
+    g = Gallery.create(d / "g", model.describe(), model_spec="lite0@160")
+    g.add([i for i, _ in items], embed_arrays(model, [catalog_image(r, 224) for _, r in items]))
+    truth = generate_video(d / "v.mp4", items[:3], seconds=8, fps=10, seed=1)
+    return d, g, model, truth, [i for i, _ in items[:5]]
+
+
+def test_labels_match_truth_on_generated_video(scene):
+    d, g, model, truth, cands = scene
+    log: list = []
+    stats = run_camera(g, model, d / "v.mp4", candidates=cands, headless=True, realtime=False, frame_log=log)
+    acc = label_accuracy(truth, log, fps=10)
+    assert acc["evaluated"] > 100
+    assert acc["accuracy"] >= 0.95, acc
+    assert stats["frames"] == 80 and {"proposals", "preprocess_embed", "search", "track"} <= set(
+        stats["latency_ms"]
+    )
+    assert "frames/s" in latency_table(stats)
+
+
+def test_camera_tool_headless_on_a_video(scene, tmp_path):
+    d, g, model, truth, cands = scene
+    out, ev = tmp_path / "annotated.mp4", tmp_path / "events.jsonl"
+    (tmp_path / "table.txt").write_text("\n".join(cands) + "\n")
+    r = subprocess.run(
+        [sys.executable, "tools/camera.py", "--gallery", str(g.root), "--source", str(d / "v.mp4"), "--candidates-file",
+         str(tmp_path / "table.txt"), "--headless", "--out", str(out), "--jsonl", str(ev), "--fast"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "| preprocess_embed |" in r.stdout and "80 frames" in r.stdout
+    events = [json.loads(ln) for ln in ev.read_text().splitlines()]
+    appeared = {e["item_id"] for e in events if e["kind"] == "appear"}
+    assert appeared == {"item0000", "item0001", "item0002"}
+    cap = cv2.VideoCapture(str(out))
+    assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 80
+    r = subprocess.run(
+        [sys.executable, "tools/camera.py", "--gallery", str(g.root), "--source", str(d / "v.mp4"), "--candidates", "item0000,ghost"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 2 and "ghost" in r.stderr
+
+
+def test_unknown_candidate_ids_are_refused(scene):
+    d, g, model, truth, cands = scene
+    with pytest.raises(UnknownItemError, match="nope"):
+        run_camera(g, model, d / "v.mp4", candidates=["item0000", "nope"], headless=True)
+
+
+def test_real_photos_on_video(tmp_path):
+    """COIL objects (real photos) enrolled from 4 views, seen in the video from other angles."""
+    coil = shared_path("coil")
+    model = load_model("lite0@160")
+    g = Gallery.create(tmp_path / "g", model.describe(), model_spec="lite0@160")
+    objs = ["obj5", "obj12", "obj21", "obj33", "obj40"]
+    for o in objs:
+        views = [load_image(coil / o / f"{o}__{a}.jpg") for a in (0, 90, 180, 270)]
+        g.add([o] * 4, embed_arrays(model, views))
+    sprites = [
+        (o, rgba_from_plain_background(load_image(coil / o / f"{o}__45.jpg"), dark=True)) for o in objs[:3]
+    ]
+    truth = generate_video(tmp_path / "v.mp4", sprites, seconds=8, fps=10, seed=2)
+    log: list = []
+    run_camera(g, model, tmp_path / "v.mp4", candidates=objs, headless=True, realtime=False, frame_log=log)
+    acc = label_accuracy(truth, log, fps=10)
+    assert acc["accuracy"] >= 0.95, acc
+
+
+def test_a_challenger_within_the_margin_never_switches_the_label():
+    cfg = CameraConfig(proposals="full", ema=1.0, switch_frames=1, switch_margin=0.05)
+    tr = LabelTracker(["a", "b"], cfg, threshold=0.0, one_to_one=False)
+    box = (0, 0, 20, 20)
+    tr.update(0, 0.0, [box], np.array([[0.80, 0.70]]))
+    for f in range(1, 10):  # b edges ahead by 0.02 on every frame: not enough
+        assert tr.update(f, 0.0, [box], np.array([[0.78, 0.80]])) == []
+    assert tr.tracks[0].label == "a"
+    ev = tr.update(10, 0.0, [box], np.array([[0.70, 0.80]]))
+    assert [(e.kind, e.item_id) for e in ev] == [("change", "b")]
+
+
+def test_camera_with_multicrop_and_geometric_verification(scene):
+    from recognizer.matching.options import QueryOptions
+    from recognizer.matching.rerank import RerankConfig, extract
+
+    d, g, model, truth, cands = scene
+    vids = {r["item_id"]: r["vid"] for r in g.records()}
+    g.store_local_features(
+        "orb", {vids[i]: extract(catalog_image(render_item(int(i[4:]), seed=5), 224), "orb") for i in cands}
+    )
+    cfg = CameraConfig(
+        query=QueryOptions(multicrop="grid", pool="max"), rerank=RerankConfig(method="orb", top_k=3)
+    )
+    log: list = []
+    stats = run_camera(
+        g,
+        model,
+        d / "v.mp4",
+        candidates=cands,
+        cfg=cfg,
+        headless=True,
+        realtime=False,
+        frame_log=log,
+        max_frames=40,
+    )
+    assert stats["frames"] == 40
+    acc = label_accuracy([t for t in truth if t[0] < 40], log, fps=10)
+    assert acc["evaluated"] > 20 and acc["accuracy"] >= 0.9, acc
