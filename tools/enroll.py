@@ -45,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         help="how an item's vectors score a query: max (nearest photo, default), mean_topn, prototype (mean "
         "vector), probe (prototypes refined on the enrolled photos; best with several photos per item)",
     )  # fmt: skip
+    what.add_argument(
+        "--compact", action="store_true",
+        help="rewrite the vector segments as one, dropping removed items' vectors (also done automatically "
+        "when a quarter of the stored vectors are removed ones, unless --no-compact)",
+    )  # fmt: skip
+    ap.add_argument("--no-compact", action="store_true", help="never compact automatically")
     ap.add_argument("--set-margin", type=float, help="with --set-threshold: margin over the second-best item")
     ap.add_argument("--images", nargs="+", help="with --item: image files")
     ap.add_argument("--name", help="with --item: display name")
@@ -66,11 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.item and not args.images:
         ap.error("--item needs --images")
     try:
-        if args.list or args.remove or args.set_threshold is not None or args.set_score_mode:
+        if args.list or args.remove or args.compact or args.set_threshold is not None or args.set_score_mode:
             g = Gallery.open(args.gallery)
             if args.remove:
                 n = g.remove_item(args.remove)
                 print(f"removed item {args.remove!r} ({n} vectors); {len(g.item_ids)} items left")
+                _auto_compact(g, args)
+            elif args.compact:
+                c = g.compact()
+                print(f"compacted {c['segments_before']} segment(s) into {c['segments']}, "
+                      f"dropped {c['dead_rows_dropped']} removed vector(s)")  # fmt: skip
             elif args.set_threshold is not None:
                 g.set_threshold(args.set_threshold, args.set_margin)
                 print(f"threshold {g.threshold:.4f}, margin {g.margin:.4f}")
@@ -80,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"{args.gallery}: {len(g.item_ids)} items, {len(g)} vectors, model {g.fingerprint} "
                       f"({g.model_spec}), threshold {g.threshold:.3f}, margin {g.margin:.3f}, score mode {g.score_mode}")  # fmt: skip
+                s = g.storage()
+                print(f"storage: {s['segments']} segment file(s), {s['stored_rows']} stored vectors, "
+                      f"{s['dead_rows']} of them removed (tools/enroll.py --compact drops them)")  # fmt: skip
                 for it in g.items():
                     print(f"  {it.item_id}\t{it.vectors}\t{it.name}")
             return 0
@@ -105,10 +119,19 @@ def main(argv: list[str] | None = None) -> int:
                 if n
                 else f"{args.local_features} features: up to date"
             )
+        _auto_compact(gallery, args)
         return 0 if report.images_added or not report.failures else 1
     except (GalleryError, ManifestError, ModelLoadError, ImageLoadError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def _auto_compact(g: Gallery, args: argparse.Namespace, dead_share: float = 0.25) -> None:
+    """Compact when removed vectors are ``dead_share`` of what the segments store (unless --no-compact)."""
+    s = g.storage()
+    if not args.no_compact and s["dead_rows"] and s["dead_rows"] >= dead_share * s["stored_rows"]:
+        c = g.compact()
+        print(f"compacted: dropped {c['dead_rows_dropped']} removed vector(s)")
 
 
 if __name__ == "__main__":

@@ -1,2 +1,39 @@
-from .gallery import *  # noqa: F401,F403
-from .gallery import _flock  # noqa: F401
+"""The gallery: enrolled items' vectors on disk and in memory, searched without retraining.
+
+``store`` owns the folder (SQLite metadata, append-only FAISS segment files, the writer
+lock, O(batch) crash-safe commits, merges and compaction); ``vectors`` lays the vectors out
+in item blocks in memory; ``scoring`` turns similarities into item scores (the score-mode
+table) and decided matches; ``search`` scores a whole gallery (exact, IVF, GPU) or a
+candidate set; ``features`` keeps local features for geometric re-ranking; ``adapt`` fits
+the probe score mode; ``ann`` builds the tuned IVF index. :class:`Gallery` is the facade
+the rest of the recognizer uses: numpy in, numpy out.
+"""
+
+from .errors import (
+    EmptyGalleryError,
+    GalleryCorruptError,
+    GalleryError,
+    GalleryLockedError,
+    GalleryModelMismatchError,
+    GalleryNotFoundError,
+    UnknownItemError,
+)
+from .gallery import AddResult, Gallery, ItemInfo
+from .scoring import (
+    SCORE_MODES,
+    Blocks,
+    Match,
+    ScoreMode,
+    block_scores,
+    decide,
+    get_score_mode,
+    normalize_rows,
+)
+from .store import DB_FILE, FORMAT_VERSION, LOCK_FILE, SEGMENT_PREFIX, GalleryStore, plan_merge
+
+__all__ = [
+    "DB_FILE", "FORMAT_VERSION", "LOCK_FILE", "SCORE_MODES", "SEGMENT_PREFIX", "AddResult", "Blocks",
+    "EmptyGalleryError", "Gallery", "GalleryCorruptError", "GalleryError", "GalleryLockedError",
+    "GalleryModelMismatchError", "GalleryNotFoundError", "GalleryStore", "ItemInfo", "Match", "ScoreMode",
+    "UnknownItemError", "block_scores", "decide", "get_score_mode", "normalize_rows", "plan_merge",
+]  # fmt: skip

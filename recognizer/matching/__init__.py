@@ -9,10 +9,11 @@ candidate set, with ``unknown`` when nothing matches.
 from .batch import PREDICTION_COLUMNS, MatchReport, match_manifest, write_predictions
 from .camera import CameraConfig, CameraMatcher, run_camera
 from .options import QueryOptions, pool_view_scores
+from .pipeline import match_images
 from .rerank import METHODS, RerankConfig, extract, verify_items
 
 __all__ = [
-    "METHODS", "PREDICTION_COLUMNS", "CameraConfig", "CameraMatcher", "MatchReport", "QueryOptions",
+    "METHODS", "PREDICTION_COLUMNS", "CameraConfig", "CameraMatcher", "MatchReport", "QueryOptions", "match_images",
     "RerankConfig", "extract", "match_manifest", "pool_view_scores", "run_camera", "verify_items",
     "write_predictions",
 ]  # fmt: skip

@@ -16,7 +16,6 @@ from recognizer.gallery import Gallery, UnknownItemError
 from recognizer.matching.camera import (
     UNKNOWN,
     CameraConfig,
-    FrameSource,
     LabelTracker,
     assign,
     iou,
@@ -24,6 +23,7 @@ from recognizer.matching.camera import (
     latency_table,
     run_camera,
 )
+from recognizer.matching.video import FrameSource
 from recognizer.models.embed import embed_arrays
 from recognizer.models.model import load_model
 

@@ -1,0 +1,510 @@
+"""The gallery folder on disk: SQLite metadata, append-only vector segments, the writer lock.
+
+A gallery is a folder:
+
+* ``gallery.sqlite``: ``meta`` (the embedding model's description and fingerprint, the
+  open-set settings, counters), ``items`` (id, display name, attributes; rowid order is the
+  order items were first enrolled), ``vectors`` (per-vector metadata: item, source path,
+  content hash, time added), ``segments`` (which files hold the vectors) and
+  ``local_features``. Every change is one SQLite transaction.
+* ``vectors.<seg>.faiss``: segment files, each a FAISS ``IndexIDMap2(IndexFlatIP)`` whose
+  ids are ``vectors.vid``. Written once and never modified; each covers a vid range.
+* ``gallery.lock``: taken by writers (``fcntl.flock``), so two enrollers never interleave.
+
+Commit protocol, O(batch) and crash-safe at every instant: a commit's new vectors go to one
+new segment file (temp file, fsync, rename); then one SQLite transaction inserts their
+metadata and the segment's row and moves the generation on. A crash before the switch
+leaves an orphan file, which the next writer removes; a crash after it leaves the new state.
+Readers see one committed state or the next, never a mix.
+
+Removal deletes metadata rows only (no file is written): the removed vectors stay in their
+segment as dead rows, and the missing metadata row is their tombstone. Merges drop them:
+after a commit, when the newest ``MERGE_FACTOR`` segments are of one size class (powers of
+the factor), they are rewritten as one (a log-structured merge: each vector is rewritten
+about log_8(N / batch) times over its life); :meth:`GalleryStore.compact` rewrites
+everything into one segment (``tools/enroll.py --compact``).
+
+Galleries of format 1 (one index file rewritten at every commit) are read as one segment and
+upgraded by their first writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import math
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ..fileio import fsync_replace
+from .errors import GalleryCorruptError, GalleryError, GalleryLockedError
+
+FORMAT_VERSION = 2
+DB_FILE = "gallery.sqlite"
+LOCK_FILE = "gallery.lock"
+SEGMENT_PREFIX = "vectors."
+ANN_PREFIX = "ann."
+MERGE_FACTOR = 8
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    item_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    attributes TEXT NOT NULL DEFAULT '{}',
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS vectors (
+    vid INTEGER PRIMARY KEY,
+    item_id TEXT NOT NULL REFERENCES items(item_id),
+    path TEXT NOT NULL,
+    sha256 TEXT NOT NULL UNIQUE,
+    added REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS vectors_item ON vectors(item_id);
+"""
+_SEGMENTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS segments (
+    seg INTEGER PRIMARY KEY,
+    file TEXT NOT NULL UNIQUE,
+    rows INTEGER NOT NULL,
+    min_vid INTEGER NOT NULL,
+    max_vid INTEGER NOT NULL
+);
+"""
+FEATURES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS local_features (
+    vid INTEGER NOT NULL REFERENCES vectors(vid) ON DELETE CASCADE,
+    method TEXT NOT NULL,
+    kp BLOB NOT NULL,
+    descriptors BLOB NOT NULL,
+    dtype TEXT NOT NULL,
+    dim INTEGER NOT NULL,
+    PRIMARY KEY (vid, method)
+);
+"""
+
+
+class Segment(NamedTuple):
+    seg: int
+    file: str
+    rows: int
+    min_vid: int
+    max_vid: int
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """How far a reader has read: what an incremental :meth:`GalleryStore.read` starts from."""
+
+    generation: int
+    epoch: int  # moves on when vectors or items go (removal): readers then read everything again
+    items_epoch: int  # moves on when an item's name or attributes change
+    next_vid: int
+
+
+@dataclass
+class Snapshot:
+    """One read transaction's view: everything (``full``) or what is new since a cursor."""
+
+    meta: dict[str, str]
+    items: list[tuple[int, str, str, dict]]  # (rowid, id, name, attributes): all, or those of the new rows
+    items_full: bool
+    rows: list[tuple[int, str]]  # (vid, item_id)
+    segments: list[Segment]
+    full: bool
+
+    def cursor(self) -> Cursor:
+        return cursor_of(self.meta)
+
+
+def cursor_of(meta: dict[str, str]) -> Cursor:
+    """The cursor of a reader that holds everything up to ``meta``'s commit."""
+    return Cursor(int(meta["generation"]), int(meta.get("epoch", 0)), int(meta.get("items_epoch", 0)),
+                  int(meta.get("next_vid", 0)))  # fmt: skip
+
+
+def plan_merge(rows: Sequence[int], factor: int = MERGE_FACTOR) -> int:
+    """How many of the newest segments to merge: ``factor`` or more trailing ones of the newest one's
+    size class (``floor(log_factor(rows))``), else 0."""
+    if len(rows) < factor:
+        return 0
+    size_class = [int(math.log(max(r, 1), factor)) for r in rows]
+    n = 1
+    while n < len(rows) and size_class[-1 - n] == size_class[-1]:
+        n += 1
+    return n if n >= factor else 0
+
+
+class GalleryStore:
+    """Reads and writes one gallery folder; see the module docstring for the layout and guarantees."""
+
+    def __init__(self, root: Path, lock_timeout: float = 10.0) -> None:
+        self.root = Path(root)
+        self.lock_timeout = lock_timeout
+
+    @classmethod
+    def create(cls, root: Path, meta: dict[str, Any]) -> None:
+        """Write a new, empty gallery database; it appears (atomically) only once complete."""
+        root.mkdir(parents=True, exist_ok=True)
+        with _flock(root / LOCK_FILE, 0.0):
+            tmp_db = root / (DB_FILE + ".tmp")
+            tmp_db.unlink(missing_ok=True)
+            conn = sqlite3.connect(tmp_db)
+            try:
+                conn.executescript(_SCHEMA + _SEGMENTS_SCHEMA + FEATURES_SCHEMA)
+                meta = dict(
+                    meta, format_version=FORMAT_VERSION, generation=1, epoch=0, items_epoch=0, next_vid=1
+                )
+                conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in meta.items()])
+                conn.commit()
+            finally:
+                conn.close()
+            fsync_replace(tmp_db, root / DB_FILE)
+
+    def connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.root / DB_FILE, timeout=30.0, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """A connection for one read; unreadable databases raise :class:`GalleryCorruptError`."""
+        try:
+            conn = self.connect()
+        except sqlite3.Error as e:
+            raise GalleryCorruptError(f"{self.root / DB_FILE}: cannot open ({e})") from None
+        try:
+            yield conn
+        except sqlite3.DatabaseError as e:
+            raise GalleryCorruptError(f"{self.root / DB_FILE}: unreadable ({e})") from None
+        finally:
+            conn.close()
+
+    # ------------------------------------------------------------------ reading
+
+    def read(self, since: Cursor | None = None) -> Snapshot:
+        """One read transaction: everything, or (``since``) only what was added after that cursor."""
+        with self.reading() as conn:
+            conn.execute("BEGIN")
+            try:
+                meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+                self._check_meta(meta)
+                v1 = meta["format_version"] == "1"
+                full = since is None or v1 or int(meta.get("epoch", 0)) != since.epoch
+                items_full = full or int(meta.get("items_epoch", 0)) != since.items_epoch
+                q_items = "SELECT rowid, item_id, name, attributes FROM items"
+                if items_full:
+                    items = conn.execute(q_items + " ORDER BY rowid").fetchall()
+                elif int(meta["generation"]) != since.generation:
+                    items = conn.execute(q_items + " WHERE item_id IN (SELECT DISTINCT item_id FROM vectors WHERE vid >= ?)"
+                                         " ORDER BY rowid", (since.next_vid,)).fetchall()  # fmt: skip
+                else:
+                    items = []
+                items = [(r[0], r[1], r[2], json.loads(r[3])) for r in items]
+                if full:
+                    rows = conn.execute("SELECT vid, item_id FROM vectors").fetchall()
+                elif int(meta["generation"]) != since.generation:
+                    rows = conn.execute(
+                        "SELECT vid, item_id FROM vectors WHERE vid >= ?", (since.next_vid,)
+                    ).fetchall()
+                else:
+                    rows = []
+                if v1:
+                    segments = [Segment(0, meta["index_file"], -1, 0, 2**62)]
+                elif full or rows:
+                    lo = 0 if full else since.next_vid
+                    segments = [Segment(*r) for r in conn.execute(
+                        "SELECT seg, file, rows, min_vid, max_vid FROM segments WHERE max_vid >= ? ORDER BY seg", (lo,)
+                    )]  # fmt: skip
+                else:
+                    segments = []
+                conn.execute("COMMIT")
+            except json.JSONDecodeError as e:
+                raise GalleryCorruptError(f"{self.root / DB_FILE}: unreadable ({e})") from None
+        return Snapshot(meta, items, items_full, rows, segments, full)
+
+    def _check_meta(self, meta: dict[str, str]) -> None:
+        try:
+            if int(meta["format_version"]) not in (1, FORMAT_VERSION):
+                raise GalleryError(
+                    f"{self.root}: gallery format {meta['format_version']}, this code reads up to {FORMAT_VERSION}"
+                )
+            int(meta["generation"]), int(meta["embedding_dim"])
+        except KeyError as e:
+            raise GalleryCorruptError(f"{self.root / DB_FILE}: meta lacks {e}") from None
+
+    def read_segments(
+        self, segments: Sequence[Segment], dim: int, min_vid: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(vids, vectors)`` stored in these segment files with vid >= ``min_vid`` (dead rows included).
+
+        A missing file raises ``FileNotFoundError`` (a writer merged it away: read again).
+        """
+        ids, vecs = [np.zeros(0, np.int64)], [np.zeros((0, dim), np.float32)]
+        for s in segments:
+            i, v = read_segment(self.root / s.file, dim)
+            keep = i >= min_vid
+            ids.append(i[keep])
+            vecs.append(v[keep] if not keep.all() else v)
+        return np.concatenate(ids), np.concatenate(vecs)
+
+    def known_hashes(self, hashes: Sequence[str], conn: sqlite3.Connection | None = None) -> dict[str, str]:
+        """Which of ``hashes`` are already enrolled, mapped to the item holding them."""
+        with contextlib.ExitStack() as stack:
+            conn = conn or stack.enter_context(self.reading())
+            out = {}
+            for i in range(0, len(hashes), 500):
+                chunk = list(hashes[i : i + 500])
+                q = f"SELECT sha256, item_id FROM vectors WHERE sha256 IN ({','.join('?' * len(chunk))})"
+                out.update(dict(conn.execute(q, chunk).fetchall()))
+            return out
+
+    def records(self, item_id: str | None = None) -> list[dict[str, Any]]:
+        """Per-vector metadata rows (vid, item_id, path, sha256, added)."""
+        with self.reading() as conn:
+            q = "SELECT vid, item_id, path, sha256, added FROM vectors"
+            cur = (
+                conn.execute(q + " WHERE item_id=? ORDER BY vid", (item_id,))
+                if item_id
+                else conn.execute(q + " ORDER BY vid")
+            )
+            return [dict(zip(("vid", "item_id", "path", "sha256", "added"), r, strict=True)) for r in cur]
+
+    def integrity(self) -> tuple[str, int]:
+        """SQLite's integrity check and the number of vectors whose item is missing."""
+        with self.reading() as conn:
+            check = conn.execute("PRAGMA integrity_check").fetchone()[0]
+            orphans = conn.execute(
+                "SELECT COUNT(*) FROM vectors v LEFT JOIN items i ON v.item_id=i.item_id WHERE i.item_id IS NULL"
+            ).fetchone()[0]
+        return check, orphans
+
+    # ------------------------------------------------------------------ writing
+
+    @contextlib.contextmanager
+    def writer(self) -> Iterator[sqlite3.Connection]:
+        """The writer lock and a connection; upgrades a format-1 gallery and removes orphan files first."""
+        with _flock(self.root / LOCK_FILE, self.lock_timeout):
+            conn = self.connect()
+            try:
+                self._upgrade(conn)
+                self._remove_orphans(conn)
+                yield conn
+            finally:
+                conn.close()
+
+    def _upgrade(self, conn: sqlite3.Connection) -> None:
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        if meta.get("format_version") != "1":
+            return
+        vids, _ = read_segment(self.root / meta["index_file"], int(meta["embedding_dim"]))
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executescript(_SEGMENTS_SCHEMA + FEATURES_SCHEMA)
+        if len(vids):
+            conn.execute("INSERT INTO segments VALUES (1, ?, ?, ?, ?)",
+                         (meta["index_file"], len(vids), int(vids.min()), int(vids.max())))  # fmt: skip
+        upd = {"format_version": FORMAT_VERSION, "epoch": 0, "items_epoch": 0,
+               "next_vid": int(vids.max()) + 1 if len(vids) else 1}  # fmt: skip
+        conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in upd.items()])
+        conn.execute("COMMIT")
+
+    def segments(self, conn: sqlite3.Connection) -> list[Segment]:
+        return [
+            Segment(*r)
+            for r in conn.execute("SELECT seg, file, rows, min_vid, max_vid FROM segments ORDER BY seg")
+        ]
+
+    def _remove_orphans(self, conn: sqlite3.Connection) -> None:
+        keep = {s.file for s in self.segments(conn)}
+        gen = conn.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0]
+        for p in self.root.iterdir():
+            n = p.name
+            if (n.startswith(SEGMENT_PREFIX) and n not in keep) or (
+                n.startswith(ANN_PREFIX) and not n.startswith(f"{ANN_PREFIX}{gen}.")
+            ):
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+
+    def transaction(self, conn: sqlite3.Connection, sql: Sequence[tuple[str, Sequence]], *, new_file: Path | None = None,
+                    bump: Sequence[str] = ("generation",)) -> dict[str, str]:  # fmt: skip
+        """Run ``sql`` and move the ``bump`` counters on, in one transaction; returns the new meta.
+
+        On failure the transaction rolls back and ``new_file`` (written before it) is removed.
+        """
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for stmt, args in sql:
+                if args and isinstance(args[0], (list, tuple)):
+                    conn.executemany(stmt, args)
+                else:
+                    conn.execute(stmt, args)
+            for key in bump:
+                conn.execute(
+                    "UPDATE meta SET value=CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key=?", (key,)
+                )
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            if new_file is not None:
+                new_file.unlink(missing_ok=True)
+            raise
+        return meta
+
+    def next_vid(self, conn: sqlite3.Connection) -> int:
+        return int(conn.execute("SELECT value FROM meta WHERE key='next_vid'").fetchone()[0])
+
+    def commit_vectors(
+        self,
+        conn: sqlite3.Connection,
+        vids: np.ndarray,
+        vecs: np.ndarray,
+        sql: list[tuple[str, Sequence]],
+    ) -> dict[str, str]:
+        """Write ``vecs`` (ids ``vids``, consecutive from :meth:`next_vid`) as a new segment, then run
+        ``sql`` with the segment's row in one transaction. Only the new vectors are written."""
+        segs = self.segments(conn)
+        seg = (segs[-1].seg if segs else 0) + 1
+        name = f"{SEGMENT_PREFIX}{seg}.faiss"
+        write_segment(self.root / name, vids, vecs)
+        lo, hi = int(vids[0]), int(vids[-1])
+        sql = [*sql, ("INSERT INTO segments VALUES (?, ?, ?, ?, ?)", (seg, name, len(vids), lo, hi)),
+               ("UPDATE meta SET value=? WHERE key='next_vid'", (str(hi + 1),))]  # fmt: skip
+        meta = self.transaction(conn, sql, new_file=self.root / name)
+        self.merge(conn, plan_merge([s.rows for s in self.segments(conn)]))
+        return meta
+
+    def merge(self, conn: sqlite3.Connection, newest: int) -> int:
+        """Rewrite the ``newest`` segments as one while :func:`plan_merge` asks (a merge can complete a larger
+        size class); returns the dead rows dropped. The live vectors do not change, so readers are not disturbed."""
+        dropped = 0
+        while newest > 1:
+            dropped += self._rewrite(conn, self.segments(conn)[-newest:])
+            newest = plan_merge([s.rows for s in self.segments(conn)])
+        return dropped
+
+    def compact(self, conn: sqlite3.Connection) -> int:
+        """Rewrite every segment as one, dropping the removed (dead) vectors; returns how many went."""
+        segs = self.segments(conn)
+        if len(segs) > 1 or (segs and self.dead_rows(conn)):
+            return self._rewrite(conn, segs)
+        return 0
+
+    def _rewrite(self, conn: sqlite3.Connection, segs: Sequence[Segment]) -> int:
+        """Replace consecutive segments by one holding their live rows (none if all are dead)."""
+        dim = int(conn.execute("SELECT value FROM meta WHERE key='embedding_dim'").fetchone()[0])
+        lo, hi = segs[0].min_vid, segs[-1].max_vid
+        ids, vecs = self.read_segments(segs, dim)
+        alive = [r[0] for r in conn.execute("SELECT vid FROM vectors WHERE vid BETWEEN ? AND ?", (lo, hi))]
+        keep = np.isin(ids, np.array(alive, np.int64))
+        seg = segs[-1].seg + 1
+        sql: list[tuple[str, Sequence]] = [
+            ("DELETE FROM segments WHERE seg BETWEEN ? AND ?", (segs[0].seg, segs[-1].seg))
+        ]
+        new_file = None
+        if keep.any():
+            new_file = self.root / f"{SEGMENT_PREFIX}{seg}.faiss"
+            write_segment(new_file, ids[keep], vecs[keep])
+            sql.append(
+                ("INSERT INTO segments VALUES (?, ?, ?, ?, ?)", (seg, new_file.name, int(keep.sum()), lo, hi))
+            )
+        self.transaction(conn, sql, new_file=new_file, bump=())
+        for s in segs:
+            with contextlib.suppress(FileNotFoundError):
+                (self.root / s.file).unlink()
+        return int((~keep).sum())
+
+    def dead_rows(self, conn: sqlite3.Connection) -> int:
+        """Vectors still stored in segments whose metadata row was removed (their tombstone)."""
+        stored = conn.execute("SELECT COALESCE(SUM(rows), 0) FROM segments").fetchone()[0]
+        alive = conn.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
+        return int(stored) - int(alive)
+
+
+# ------------------------------------------------------------------------------ file helpers
+
+
+def write_segment(path: Path, vids: np.ndarray, vecs: np.ndarray) -> None:
+    """A segment file (``IndexIDMap2(IndexFlatIP)``), through a temp file, fsync and rename."""
+    import faiss
+
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(vecs.shape[1]))
+    if len(vids):
+        index.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), np.asarray(vids, np.int64))
+    tmp = path.with_name(path.name + ".tmp")
+    faiss.write_index(index, str(tmp))
+    fsync_replace(tmp, path)
+
+
+def read_segment(path: Path, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(vids, vectors)`` of a segment file; unreadable or wrong-shaped files raise :class:`GalleryCorruptError`."""
+    import faiss
+
+    if not path.exists():
+        raise FileNotFoundError(path)
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as e:
+        raise GalleryCorruptError(f"{path}: unreadable FAISS index ({str(e).splitlines()[0]})") from None
+    if not isinstance(index, faiss.IndexIDMap2) or index.d != dim:
+        raise GalleryCorruptError(f"{path}: not an IndexIDMap2 of dimension {dim}")
+    ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+    n = index.ntotal
+    flat = faiss.downcast_index(index.index)
+    vecs = (
+        faiss.rev_swig_ptr(flat.get_xb(), n * dim).reshape(n, dim).copy()
+        if n
+        else np.zeros((0, dim), np.float32)
+    )
+    return ids, vecs
+
+
+@contextlib.contextmanager
+def _flock(path: Path, timeout: float) -> Iterator[None]:
+    """Exclusive advisory lock on ``path``, waiting up to ``timeout`` seconds."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                    raise GalleryLockedError(
+                        f"{path.parent}: another process (pid {holder}) is writing this gallery; "
+                        f"waited {timeout:.0f} s"
+                    ) from None
+                time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def storable(path: str | os.PathLike) -> str:
+    """``path`` as valid UTF-8 text: non-UTF-8 bytes of a file name become ``\\xNN``."""
+    s = os.fspath(path)
+    if isinstance(s, bytes):
+        s = os.fsdecode(s)
+    return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
