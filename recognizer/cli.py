@@ -88,7 +88,7 @@ def options_from_args(args, gallery=None):
     opts = QueryOptions(aspect=args.aspect, zoom=args.zoom, multicrop=args.multicrop, pool=args.crop_pool)
     method = args.rerank
     if method == "auto":
-        stored = gallery.local_feature_methods() if gallery is not None else []
+        stored = gallery.features.methods() if gallery is not None else []
         method = next((m for m in METHODS if m in stored), "none")
     if method == "none":
         return opts, None

@@ -182,12 +182,12 @@ def store_features_for(
             feats[vid] = extract(crop_bbox(load_image(path), bbox), method)
         except (ImageLoadError, ValueError):
             continue
-    return gallery.store_local_features(method, feats)
+    return gallery.features.store_features(method, feats)
 
 
 def backfill_local_features(gallery: Gallery, method: str, *, progress: bool = True) -> int:
     """Compute ``method`` features for every enrolled vector that lacks them (from the stored paths)."""
-    todo = gallery.vectors_without_features(method)
+    todo = gallery.features.missing(method)
     done = 0
     bar = None
     if progress and todo:

@@ -1,7 +1,8 @@
 """The gallery: enrolled items' vectors on disk and in memory, searched without retraining.
 
-``store`` owns the folder (SQLite metadata, append-only FAISS segment files, the writer
-lock, O(batch) crash-safe commits, merges and compaction); ``vectors`` lays the vectors out
+``store`` owns the folder (SQLite metadata, the writer lock, O(batch) crash-safe commits)
+and ``segments`` the append-only FAISS files with their merges and compaction; ``state`` is a
+reader's copy of one committed state, kept current incrementally; ``vectors`` lays the vectors out
 in item blocks in memory; ``scoring`` turns similarities into item scores (the score-mode
 table) and decided matches; ``search`` scores a whole gallery (exact, IVF, GPU) or a
 candidate set; ``features`` keeps local features for geometric re-ranking; ``adapt`` fits
@@ -29,7 +30,8 @@ from .scoring import (
     get_score_mode,
     normalize_rows,
 )
-from .store import DB_FILE, FORMAT_VERSION, LOCK_FILE, SEGMENT_PREFIX, GalleryStore, plan_merge
+from .segments import SEGMENT_PREFIX, plan_merge
+from .store import DB_FILE, FORMAT_VERSION, LOCK_FILE, GalleryStore
 
 __all__ = [
     "DB_FILE", "FORMAT_VERSION", "LOCK_FILE", "SCORE_MODES", "SEGMENT_PREFIX", "AddResult", "Blocks",

@@ -2,13 +2,13 @@
 
 Stored per vector id in the gallery database (``local_features``), so they follow the
 vector's life: removing an item removes its features. Read per item, oldest photos first,
-and cached per generation by the caller.
+and cached per gallery generation (``Gallery.features``).
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -100,3 +100,31 @@ def vectors_without(store: GalleryStore, method: str) -> list[tuple[int, str]]:
         except sqlite3.OperationalError:
             cur = conn.execute("SELECT vid, path FROM vectors ORDER BY vid")
         return [(int(v), p) for v, p in cur]
+
+
+class LocalFeatures:
+    """A gallery's local features (``Gallery.features``): store, read (cached per generation), list."""
+
+    def __init__(self, store: GalleryStore, generation: Callable[[], int]) -> None:
+        self.store, self._generation = store, generation
+        self._cache: dict[tuple, list[Features]] = {}
+
+    def store_features(self, method: str, feats: dict[int, Features]) -> int:
+        """Store keypoints and descriptors per vector id (one transaction); returns how many."""
+        return store_features(self.store, method, feats)
+
+    def read(self, items: Sequence[str], method: str, per_item: int = 3) -> dict[str, list[Features]]:
+        """Stored features of up to ``per_item`` images of each item (oldest first)."""
+        key = (self._generation(), method, per_item)
+        missing = [it for it in items if (*key, it) not in self._cache]
+        for it, feats in (read_features(self.store, missing, method, per_item) if missing else {}).items():
+            self._cache[(*key, it)] = feats
+        return {it: self._cache[(*key, it)] for it in items}
+
+    def methods(self) -> list[str]:
+        """The methods stored for at least one vector."""
+        return feature_methods(self.store)
+
+    def missing(self, method: str) -> list[tuple[int, str]]:
+        """``(vid, source path)`` of vectors without stored features of ``method``."""
+        return vectors_without(self.store, method)

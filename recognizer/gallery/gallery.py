@@ -29,11 +29,11 @@ from .errors import (
     GalleryNotFoundError,
     UnknownItemError,
 )
-from .features import Features, feature_methods, read_features, store_features, vectors_without
+from .features import LocalFeatures
 from .scoring import SCORE_MODES, Match, get_score_mode, normalize_rows
-from .search import Candidates, Searcher, State
-from .store import DB_FILE, GalleryStore, Snapshot, cursor_of, storable
-from .vectors import VectorTable
+from .search import Candidates, Searcher, State, as_queries
+from .state import GalleryState
+from .store import DB_FILE, GalleryStore, storable
 
 
 @dataclass
@@ -63,19 +63,13 @@ class Gallery:
     :meth:`refresh` brings up to date, reading only what other processes added since.
     """
 
-    def __init__(
-        self,
-        root: Path,
-        *,
-        ann_threshold: int = 50_000,
-        use_gpu: bool | None = None,
-        lock_timeout: float = 10.0,
-    ):
+    def __init__(self, root: Path, *, ann_threshold: int = 50_000, use_gpu: bool | None = None,
+                 lock_timeout: float = 10.0):  # fmt: skip
         self.root = Path(root)
         self.store = GalleryStore(self.root, lock_timeout)
         self.searcher = Searcher(self.root, ann_threshold=ann_threshold, use_gpu=use_gpu)
-        self._feat_cache: dict[tuple, list] = {}
-        self._load()
+        self._s = GalleryState(self.store)
+        self.features = LocalFeatures(self.store, lambda: self._s.generation)  # for geometric re-ranking
 
     @classmethod
     def create(cls, root: str | os.PathLike, model_description: dict[str, Any], *, model_spec: str = "",
@@ -127,77 +121,15 @@ class Gallery:
                 f"({self.model_spec or 'see model_description'}) or enroll into a new gallery"
             )
 
-    # ------------------------------------------------------------------ reading state
-
-    def _load(self) -> None:
-        """Read one committed state in full (retrying when a writer merged a segment away meanwhile)."""
-        for attempt in range(5):
-            try:
-                snap = self.store.read()
-                ids, vecs = self.store.read_segments(snap.segments, int(snap.meta["embedding_dim"]))
-                break
-            except FileNotFoundError:
-                if attempt == 4:
-                    raise
-                time.sleep(0.05 * (attempt + 1))
-        items = [r[1] for r in snap.items]
-        self._item_info = {r[1]: (r[2], r[3]) for r in snap.items}
-        vids, cols, vecs = self._rows(snap, ids, vecs, {it: j for j, it in enumerate(items)})
-        self._table = VectorTable(str(self.root), int(snap.meta["embedding_dim"]), items, vids, cols, vecs)
-        if (self._table.counts == 0).any():
-            empty = [items[j] for j in np.nonzero(self._table.counts == 0)[0][:5]]
-            raise GalleryCorruptError(f"{self.root}: item(s) without vectors: {empty}")
-        self._installed(snap.meta)
-
-    def _rows(self, snap: Snapshot, ids: np.ndarray, vecs: np.ndarray, col: dict[str, int]):
-        """The snapshot's live rows among the segment rows ``ids``: ``(vids, item columns, vectors)``."""
-        vid_db = np.array([r[0] for r in snap.rows], np.int64)
-        order = np.argsort(vid_db)
-        vid_db = vid_db[order]
-        pos = np.minimum(np.searchsorted(vid_db, ids), max(len(vid_db) - 1, 0))
-        alive = vid_db[pos] == ids if len(vid_db) else np.zeros(len(ids), bool)
-        if not alive.all():  # dead rows (removed items) still stored in their segment
-            ids, vecs, pos = ids[alive], vecs[alive], pos[alive]
-        if len(ids) != len(vid_db) or len(np.unique(ids)) != len(ids):
-            raise GalleryCorruptError(
-                f"{self.root}: the segment files hold {len(ids)} of the {len(vid_db)} vectors the metadata lists"
-            )
-        try:
-            codes = np.array([col[it] for _, it in snap.rows], np.int64)
-        except KeyError as e:
-            raise GalleryCorruptError(
-                f"{self.root}: a vector belongs to item {e}, which the item table lacks"
-            ) from None
-        return ids, codes[order][pos] if len(pos) else np.zeros(0, np.int64), vecs
-
-    def _installed(self, meta: dict[str, str]) -> None:
-        """Now holding everything up to ``meta``'s commit."""
-        self.meta, self._cursor = meta, cursor_of(meta)
-        self.generation, self.embedding_dim = self._cursor.generation, int(meta["embedding_dim"])
-        self._sorted_ids: list[str] | None = None
-
     def refresh(self) -> bool:
         """Catch up with other processes' commits (reading only what they added); True when vectors changed."""
-        for attempt in range(5):
-            try:
-                snap = self.store.read(self._cursor)
-                if snap.full:
-                    self._load()
-                    return True
-                ids, vecs = self.store.read_segments(snap.segments, self.embedding_dim, self._cursor.next_vid)
-                break
-            except FileNotFoundError:
-                if attempt == 4:
-                    raise
-                time.sleep(0.05 * (attempt + 1))
-        if snap.items_full:
-            self._item_info = {}
-        self._item_info.update({r[1]: (r[2], r[3]) for r in snap.items})
-        if snap.rows:
-            self._table.add_items([r[1] for r in snap.items if r[1] not in self._table.col])
-            self._table.append(*self._rows(snap, ids, vecs, self._table.col))
-        self._installed(snap.meta)
-        return bool(snap.rows)
+        return self._s.refresh()
+
+    meta = property(lambda self: self._s.meta, doc="The committed metadata (settings, model description).")
+    generation = property(
+        lambda self: self._s.generation, doc="Moves on with every commit that changes vectors."
+    )
+    embedding_dim = property(lambda self: self._s.dim, doc="Dimension of the stored embeddings.")
 
     @property
     def fingerprint(self) -> str:
@@ -224,20 +156,20 @@ class Gallery:
     @property
     def item_ids(self) -> list[str]:
         """Enrolled item ids, sorted."""
-        if self._sorted_ids is None:
-            self._sorted_ids = sorted(self._table.items)
-        return list(self._sorted_ids)
+        if self._s.sorted_ids is None:
+            self._s.sorted_ids = sorted(self._s.table.items)
+        return list(self._s.sorted_ids)
 
     def __len__(self) -> int:
         """Number of vectors."""
-        return len(self._table)
+        return len(self._s.table)
 
     def __contains__(self, item_id: object) -> bool:
-        return item_id in self._table.col
+        return item_id in self._s.table.col
 
     def require_items(self) -> None:
         """Raise :class:`EmptyGalleryError` when there is nothing to match against (batch tools)."""
-        if not self._table.items:
+        if not self._s.table.items:
             raise EmptyGalleryError(
                 f"{self.root}: the gallery is empty; enroll items first (tools/enroll.py)"
             )
@@ -247,15 +179,17 @@ class Gallery:
         return self.searcher.unknown_message(self._state(), ids)
 
     def items(self) -> list[ItemInfo]:
-        counts = self._table.counts
-        return [ItemInfo(it, *self._item_info[it], int(counts[self._table.col[it]])) for it in self.item_ids]
+        counts = self._s.table.counts
+        return [
+            ItemInfo(it, *self._s.item_info[it], int(counts[self._s.table.col[it]])) for it in self.item_ids
+        ]
 
     def vectors_of(self, item_id: str) -> np.ndarray:
-        return self._table.item_rows(self._item_col(item_id))
+        return self._s.table.item_rows(self._item_col(item_id))
 
     def vector_table(self) -> tuple[np.ndarray, np.ndarray]:
         """All vectors (read-only, item-sorted) and the item column of each, columns in :meth:`exact_item_scores` order."""
-        _, cols, vecs = self._table.table()
+        _, cols, vecs = self._s.table.table()
         return vecs, cols.copy()
 
     def records(self, item_id: str | None = None) -> list[dict[str, Any]]:
@@ -268,19 +202,19 @@ class Gallery:
 
     def _item_col(self, item_id: str) -> int:
         try:
-            return self._table.col[item_id]
+            return self._s.table.col[item_id]
         except KeyError:
             raise UnknownItemError(self.unknown_message([item_id])) from None
 
     def verify(self) -> dict[str, int]:
         """Re-read everything from disk and check segments and metadata agree; returns counts."""
-        self._load()
+        self._s.load()
         check, orphans = self.store.integrity()
         if check != "ok" or orphans:
             raise GalleryCorruptError(
                 f"{self.root}: integrity check {check!r}, {orphans} vectors without an item"
             )
-        return {"items": len(self._table.items), "vectors": len(self), "generation": self.generation}
+        return {"items": len(self._s.table.items), "vectors": len(self), "generation": self.generation}
 
     # ------------------------------------------------------------------ writing
 
@@ -295,27 +229,9 @@ class Gallery:
         """
         if fingerprint is not None:
             self.check_model(fingerprint, "the embeddings' model")
-        emb = np.asarray(embeddings, dtype=np.float32)
-        if emb.ndim != 2 or emb.shape[1] != self.embedding_dim:
-            raise GalleryModelMismatchError(
-                f"{self.root}: embeddings of shape {emb.shape}, the gallery holds dimension {self.embedding_dim}"
-            )
-        n = len(item_ids)
-        if emb.shape[0] != n:
-            raise ValueError(f"{n} item ids for {emb.shape[0]} embeddings")
-        if not np.isfinite(emb).all():
-            raise ValueError("embeddings contain NaN or inf")
-        bad_ids = [i for i in item_ids if not isinstance(i, str) or not i.strip() or ";" in i]
-        if bad_ids:
-            raise ValueError(f"invalid item id(s) {bad_ids[:5]} (non-empty, no ';')")
-        # non-UTF-8 file names arrive with surrogate escapes; SQLite stores UTF-8, so keep them as \xNN
-        paths = [storable(p) for p in paths] if paths is not None else [""] * n
-        emb = normalize_rows(emb)
-        hashes = (
-            list(hashes) if hashes is not None else [hashlib.sha256(v.tobytes()).hexdigest() for v in emb]
+        emb, paths, hashes = _checked_batch(
+            self.root, self.embedding_dim, item_ids, embeddings, paths, hashes
         )
-        if len(paths) != n or len(hashes) != n:
-            raise ValueError("paths and hashes must have one entry per embedding")
         result = AddResult()
         with self.store.writer() as conn:
             self.refresh()  # start from the latest committed state
@@ -329,28 +245,16 @@ class Gallery:
                     keep.append(i)
             if not keep:
                 return result
-            start = self.store.next_vid(conn)
-            vids = np.arange(start, start + len(keep), dtype=np.int64)
-            now, names = time.time(), names or {}
-            new_items = sorted({item_ids[i] for i in keep} - set(self._table.col))
-            sql = (
-                [
-                    (
-                        "INSERT INTO items VALUES (?, ?, '{}', ?)",
-                        [(it, names.get(it, it), now) for it in new_items],
-                    )
-                ]
-                if new_items
-                else []
+            names = {
+                it: (names or {}).get(it, it)
+                for it in sorted({item_ids[i] for i in keep} - set(self._s.table.col))
+            }
+            ids = [item_ids[i] for i in keep]
+            vids, meta = self.store.insert_vectors(
+                conn, ids, [paths[i] for i in keep], [hashes[i] for i in keep], emb[keep], names
             )
-            sql.append(("INSERT INTO vectors VALUES (?, ?, ?, ?, ?)",
-                        [(int(v), item_ids[i], paths[i], hashes[i], now) for v, i in zip(vids, keep, strict=True)]))  # fmt: skip
-            meta = self.store.commit_vectors(conn, vids, emb[keep], sql)
-            self._item_info.update({it: (names.get(it, it), {}) for it in new_items})
-            self._table.add_items(new_items)
-            self._table.append(vids, [self._table.col[item_ids[i]] for i in keep], emb[keep])
-            self._installed(meta)
-        result.added, result.new_items = len(keep), new_items
+            self._s.added(meta, names, vids, ids, emb[keep])
+        result.added, result.new_items = len(keep), list(names)
         result.vids, result.positions = vids.tolist(), list(keep)
         return result
 
@@ -359,40 +263,24 @@ class Gallery:
         with self.store.writer() as conn:
             self.refresh()
             col = self._item_col(item_id)
-            n = int(self._table.counts[col])
+            n = int(self._s.table.counts[col])
             meta = self.store.transaction(conn, [("DELETE FROM vectors WHERE item_id=?", (item_id,)),
                                                  ("DELETE FROM items WHERE item_id=?", (item_id,))],
                                           bump=("generation", "epoch"))  # fmt: skip
-            self._table = self._table.without_items([col])  # in memory only: O(N), no file is rewritten
-            del self._item_info[item_id]
-            self._installed(meta)
+            self._s.removed(meta, item_id)
         return n
 
     def compact(self) -> dict[str, int]:
         """Rewrite the segments as one without dead rows (``tools/enroll.py --compact``)."""
-        with self.store.writer() as conn:
-            before = len(self.store.segments(conn))
-            dropped = self.store.compact(conn)
-            return {
-                "segments_before": before,
-                "segments": len(self.store.segments(conn)),
-                "dead_rows_dropped": dropped,
-            }
-
-    def segment_files(self) -> list[Path]:
-        """The segment files holding the vectors now, oldest first (for backups and checks)."""
-        with self.store.reading() as conn:
-            return [self.root / s.file for s in self.store.segments(conn)]
+        return self.store.compact()
 
     def storage(self) -> dict[str, int]:
         """Segment count, stored rows and dead rows (removed vectors not yet compacted away)."""
-        with self.store.reading() as conn:
-            segs = self.store.segments(conn)
-            return {
-                "segments": len(segs),
-                "stored_rows": sum(s.rows for s in segs),
-                "dead_rows": self.store.dead_rows(conn),
-            }
+        return self.store.storage()
+
+    def segment_files(self) -> list[Path]:
+        """The segment files holding the vectors now, oldest first (for backups and checks)."""
+        return self.store.segment_files()
 
     def set_item(
         self, item_id: str, *, name: str | None = None, attributes: dict[str, Any] | None = None
@@ -441,43 +329,10 @@ class Gallery:
             self.store.transaction(conn, sql, bump=bump)
         self.refresh()
 
-    # ------------------------------------------------------------------ local features
-
-    def store_local_features(self, method: str, feats: dict[int, tuple[np.ndarray, np.ndarray]]) -> int:
-        """Store keypoints and descriptors per vector id (one transaction); returns how many."""
-        return store_features(self.store, method, feats)
-
-    def local_features(
-        self, items: Sequence[str], method: str, per_item: int = 3
-    ) -> dict[str, list[Features]]:
-        """Stored features of up to ``per_item`` gallery images of each item (oldest first; cached per generation)."""
-        key = (self.generation, method, per_item)
-        missing = [it for it in items if (*key, it) not in self._feat_cache]
-        for it, feats in (read_features(self.store, missing, method, per_item) if missing else {}).items():
-            self._feat_cache[(*key, it)] = feats
-        return {it: self._feat_cache[(*key, it)] for it in items}
-
-    def local_feature_methods(self) -> list[str]:
-        """The local-feature methods stored for at least one vector."""
-        return feature_methods(self.store)
-
-    def vectors_without_features(self, method: str) -> list[tuple[int, str]]:
-        """``(vid, source path)`` of vectors that have no stored features of ``method``."""
-        return vectors_without(self.store, method)
-
     # ------------------------------------------------------------------ search
 
     def _state(self) -> State:
-        return State(self._table, self.generation, get_score_mode(self.score_mode), self.top_n)
-
-    def _queries(self, queries: np.ndarray) -> np.ndarray:
-        q = np.asarray(queries, dtype=np.float32)
-        q = q[None] if q.ndim == 1 else q
-        if q.ndim != 2 or q.shape[1] != self.embedding_dim:
-            raise GalleryModelMismatchError(
-                f"{self.root}: queries have shape {q.shape}, the gallery holds dimension {self.embedding_dim}"
-            )
-        return normalize_rows(q)
+        return State(self._s.table, self.generation, get_score_mode(self.score_mode), self.top_n)
 
     def search(self, queries: np.ndarray, *, k: int = 5, candidates: Candidates = None,
                threshold: float | None = None, margin: float | None = None) -> list[Match]:  # fmt: skip
@@ -488,14 +343,16 @@ class Gallery:
         query separately. Unknown candidate ids raise :class:`UnknownItemError`.
         """
         return self.searcher.search(
-            self._state(), self._queries(queries), k=k, candidates=candidates,
+            self._state(), as_queries(queries, self.embedding_dim, self.root), k=k, candidates=candidates,
             threshold=self.threshold if threshold is None else threshold, margin=self.margin if margin is None else margin,
         )  # fmt: skip
 
     def exact_item_scores(self, queries: np.ndarray) -> tuple[list[str], np.ndarray]:
         """Exact ``Q x I`` item scores over the whole gallery, whatever its size (for evaluation)."""
         st = self._state()
-        return list(st.table.items), self.searcher.full_scores(st, self._queries(queries))
+        return list(st.table.items), self.searcher.full_scores(
+            st, as_queries(queries, self.embedding_dim, self.root)
+        )
 
     def candidate_scores(
         self, queries: np.ndarray, candidates: Sequence[str]
@@ -503,11 +360,38 @@ class Gallery:
         """``(items, Q x len(items))`` scores against just these items (deduplicated, in order)."""
         if isinstance(candidates, str):
             raise TypeError(f"candidates must be a list of item ids, not the string {candidates!r}")
-        return self.searcher.candidate_scores(self._state(), self._queries(queries), tuple(candidates))
+        return self.searcher.candidate_scores(
+            self._state(), as_queries(queries, self.embedding_dim, self.root), tuple(candidates)
+        )
 
     def ann_index(self):
         """The IVF index for this generation: ``(generation, index, nprobe, recall@10)``."""
         return self.searcher.ann_index(self._state())
+
+
+def _checked_batch(root: Path, dim: int, item_ids: Sequence[str], embeddings: np.ndarray,
+                   paths: Sequence[str] | None, hashes: Sequence[str] | None) -> tuple[np.ndarray, list[str], list[str]]:  # fmt: skip
+    """Validate an :meth:`Gallery.add` batch: ``(normalised embeddings, storable paths, hashes)``."""
+    emb = np.asarray(embeddings, dtype=np.float32)
+    if emb.ndim != 2 or emb.shape[1] != dim:
+        raise GalleryModelMismatchError(
+            f"{root}: embeddings of shape {emb.shape}, the gallery holds dimension {dim}"
+        )
+    n = len(item_ids)
+    if emb.shape[0] != n:
+        raise ValueError(f"{n} item ids for {emb.shape[0]} embeddings")
+    if not np.isfinite(emb).all():
+        raise ValueError("embeddings contain NaN or inf")
+    bad_ids = [i for i in item_ids if not isinstance(i, str) or not i.strip() or ";" in i]
+    if bad_ids:
+        raise ValueError(f"invalid item id(s) {bad_ids[:5]} (non-empty, no ';')")
+    # non-UTF-8 file names arrive with surrogate escapes; SQLite stores UTF-8, so keep them as \xNN
+    paths = [storable(p) for p in paths] if paths is not None else [""] * n
+    emb = normalize_rows(emb)
+    hashes = list(hashes) if hashes is not None else [hashlib.sha256(v.tobytes()).hexdigest() for v in emb]
+    if len(paths) != n or len(hashes) != n:
+        raise ValueError("paths and hashes must have one entry per embedding")
+    return emb, paths, hashes
 
 
 __all__ = ["SCORE_MODES", "AddResult", "Gallery", "ItemInfo"]

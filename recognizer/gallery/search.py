@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import fsync_replace
-from .errors import GalleryError, UnknownItemError
-from .scoring import Blocks, Match, ScoreMode, decide, item_scores
+from .errors import GalleryError, GalleryModelMismatchError, UnknownItemError
+from .scoring import Blocks, Match, ScoreMode, decide, item_scores, normalize_rows
 from .store import ANN_PREFIX
 from .vectors import VectorTable
 
@@ -39,6 +39,17 @@ class State:
     generation: int
     mode: ScoreMode
     top_n: int
+
+
+def as_queries(queries: np.ndarray, dim: int, root: Path) -> np.ndarray:
+    """``Q x dim`` float32 rows, L2-normalised; another shape raises :class:`GalleryModelMismatchError`."""
+    q = np.asarray(queries, dtype=np.float32)
+    q = q[None] if q.ndim == 1 else q
+    if q.ndim != 2 or q.shape[1] != dim:
+        raise GalleryModelMismatchError(
+            f"{root}: queries have shape {q.shape}, the gallery holds dimension {dim}"
+        )
+    return normalize_rows(q)
 
 
 class Searcher:

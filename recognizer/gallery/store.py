@@ -12,17 +12,10 @@ A gallery is a folder:
 * ``gallery.lock``: taken by writers (``fcntl.flock``), so two enrollers never interleave.
 
 Commit protocol, O(batch) and crash-safe at every instant: a commit's new vectors go to one
-new segment file (temp file, fsync, rename); then one SQLite transaction inserts their
-metadata and the segment's row and moves the generation on. A crash before the switch
-leaves an orphan file, which the next writer removes; a crash after it leaves the new state.
-Readers see one committed state or the next, never a mix.
-
-Removal deletes metadata rows only (no file is written): the removed vectors stay in their
-segment as dead rows, and the missing metadata row is their tombstone. Merges drop them:
-after a commit, when the newest ``MERGE_FACTOR`` segments are of one size class (powers of
-the factor), they are rewritten as one (a log-structured merge: each vector is rewritten
-about log_8(N / batch) times over its life); :meth:`GalleryStore.compact` rewrites
-everything into one segment (``tools/enroll.py --compact``).
+new segment file (:mod:`.segments`); then one SQLite transaction inserts their metadata and
+the segment's row and moves the generation on. A crash before the switch leaves an orphan
+file, which the next writer removes; a crash after it leaves the new state. Readers see one
+committed state or the next, never a mix.
 
 Galleries of format 1 (one index file rewritten at every commit) are read as one segment and
 upgraded by their first writer.
@@ -34,26 +27,32 @@ import contextlib
 import errno
 import fcntl
 import json
-import math
 import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from ..fileio import fsync_replace
 from .errors import GalleryCorruptError, GalleryError, GalleryLockedError
+from .segments import (
+    SEGMENT_PREFIX,
+    Segment,
+    commit_segment,
+    compact,
+    dead_rows,
+    list_segments,
+    read_segment,
+)
 
 FORMAT_VERSION = 2
 DB_FILE = "gallery.sqlite"
 LOCK_FILE = "gallery.lock"
-SEGMENT_PREFIX = "vectors."
 ANN_PREFIX = "ann."
-MERGE_FACTOR = 8
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -94,14 +93,6 @@ CREATE TABLE IF NOT EXISTS local_features (
 """
 
 
-class Segment(NamedTuple):
-    seg: int
-    file: str
-    rows: int
-    min_vid: int
-    max_vid: int
-
-
 @dataclass(frozen=True)
 class Cursor:
     """How far a reader has read: what an incremental :meth:`GalleryStore.read` starts from."""
@@ -131,18 +122,6 @@ def cursor_of(meta: dict[str, str]) -> Cursor:
     """The cursor of a reader that holds everything up to ``meta``'s commit."""
     return Cursor(int(meta["generation"]), int(meta.get("epoch", 0)), int(meta.get("items_epoch", 0)),
                   int(meta.get("next_vid", 0)))  # fmt: skip
-
-
-def plan_merge(rows: Sequence[int], factor: int = MERGE_FACTOR) -> int:
-    """How many of the newest segments to merge: ``factor`` or more trailing ones of the newest one's
-    size class (``floor(log_factor(rows))``), else 0."""
-    if len(rows) < factor:
-        return 0
-    size_class = [int(math.log(max(r, 1), factor)) for r in rows]
-    n = 1
-    while n < len(rows) and size_class[-1 - n] == size_class[-1]:
-        n += 1
-    return n if n >= factor else 0
 
 
 class GalleryStore:
@@ -245,21 +224,6 @@ class GalleryStore:
         except KeyError as e:
             raise GalleryCorruptError(f"{self.root / DB_FILE}: meta lacks {e}") from None
 
-    def read_segments(
-        self, segments: Sequence[Segment], dim: int, min_vid: int = 0
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``(vids, vectors)`` stored in these segment files with vid >= ``min_vid`` (dead rows included).
-
-        A missing file raises ``FileNotFoundError`` (a writer merged it away: read again).
-        """
-        ids, vecs = [np.zeros(0, np.int64)], [np.zeros((0, dim), np.float32)]
-        for s in segments:
-            i, v = read_segment(self.root / s.file, dim)
-            keep = i >= min_vid
-            ids.append(i[keep])
-            vecs.append(v[keep] if not keep.all() else v)
-        return np.concatenate(ids), np.concatenate(vecs)
-
     def known_hashes(self, hashes: Sequence[str], conn: sqlite3.Connection | None = None) -> dict[str, str]:
         """Which of ``hashes`` are already enrolled, mapped to the item holding them."""
         with contextlib.ExitStack() as stack:
@@ -320,14 +284,34 @@ class GalleryStore:
         conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in upd.items()])
         conn.execute("COMMIT")
 
-    def segments(self, conn: sqlite3.Connection) -> list[Segment]:
-        return [
-            Segment(*r)
-            for r in conn.execute("SELECT seg, file, rows, min_vid, max_vid FROM segments ORDER BY seg")
-        ]
+    def compact(self) -> dict[str, int]:
+        """Rewrite every segment as one without dead rows; what it found and did."""
+        with self.writer() as conn:
+            before = len(list_segments(conn))
+            dropped = compact(self, conn)
+            return {
+                "segments_before": before,
+                "segments": len(list_segments(conn)),
+                "dead_rows_dropped": dropped,
+            }
+
+    def storage(self) -> dict[str, int]:
+        """Segment count, stored rows and dead rows (removed vectors not yet compacted away)."""
+        with self.reading() as conn:
+            segs = list_segments(conn)
+            return {
+                "segments": len(segs),
+                "stored_rows": sum(s.rows for s in segs),
+                "dead_rows": dead_rows(conn),
+            }
+
+    def segment_files(self) -> list[Path]:
+        """The committed segment files, oldest first."""
+        with self.reading() as conn:
+            return [self.root / s.file for s in list_segments(conn)]
 
     def _remove_orphans(self, conn: sqlite3.Connection) -> None:
-        keep = {s.file for s in self.segments(conn)}
+        keep = {s.file for s in list_segments(conn)}
         gen = conn.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0]
         for p in self.root.iterdir():
             n = p.name
@@ -364,112 +348,25 @@ class GalleryStore:
             raise
         return meta
 
+    def insert_vectors(self, conn: sqlite3.Connection, item_ids: Sequence[str], paths: Sequence[str],
+                       hashes: Sequence[str], vecs: np.ndarray, new_items: dict[str, str]) -> tuple[np.ndarray, dict[str, str]]:  # fmt: skip
+        """Commit new vectors (and the new items, id -> display name): ``(their vids, the new meta)``."""
+        start, now = self.next_vid(conn), time.time()
+        vids = np.arange(start, start + len(item_ids), dtype=np.int64)
+        sql = (
+            [("INSERT INTO items VALUES (?, ?, '{}', ?)", [(it, nm, now) for it, nm in new_items.items()])]
+            if new_items
+            else []
+        )
+        sql.append(("INSERT INTO vectors VALUES (?, ?, ?, ?, ?)",
+                    [(int(v), it, p, h, now) for v, it, p, h in zip(vids, item_ids, paths, hashes, strict=True)]))  # fmt: skip
+        return vids, commit_segment(self, conn, vids, vecs, sql)
+
     def next_vid(self, conn: sqlite3.Connection) -> int:
         return int(conn.execute("SELECT value FROM meta WHERE key='next_vid'").fetchone()[0])
 
-    def commit_vectors(
-        self,
-        conn: sqlite3.Connection,
-        vids: np.ndarray,
-        vecs: np.ndarray,
-        sql: list[tuple[str, Sequence]],
-    ) -> dict[str, str]:
-        """Write ``vecs`` (ids ``vids``, consecutive from :meth:`next_vid`) as a new segment, then run
-        ``sql`` with the segment's row in one transaction. Only the new vectors are written."""
-        segs = self.segments(conn)
-        seg = (segs[-1].seg if segs else 0) + 1
-        name = f"{SEGMENT_PREFIX}{seg}.faiss"
-        write_segment(self.root / name, vids, vecs)
-        lo, hi = int(vids[0]), int(vids[-1])
-        sql = [*sql, ("INSERT INTO segments VALUES (?, ?, ?, ?, ?)", (seg, name, len(vids), lo, hi)),
-               ("UPDATE meta SET value=? WHERE key='next_vid'", (str(hi + 1),))]  # fmt: skip
-        meta = self.transaction(conn, sql, new_file=self.root / name)
-        self.merge(conn, plan_merge([s.rows for s in self.segments(conn)]))
-        return meta
-
-    def merge(self, conn: sqlite3.Connection, newest: int) -> int:
-        """Rewrite the ``newest`` segments as one while :func:`plan_merge` asks (a merge can complete a larger
-        size class); returns the dead rows dropped. The live vectors do not change, so readers are not disturbed."""
-        dropped = 0
-        while newest > 1:
-            dropped += self._rewrite(conn, self.segments(conn)[-newest:])
-            newest = plan_merge([s.rows for s in self.segments(conn)])
-        return dropped
-
-    def compact(self, conn: sqlite3.Connection) -> int:
-        """Rewrite every segment as one, dropping the removed (dead) vectors; returns how many went."""
-        segs = self.segments(conn)
-        if len(segs) > 1 or (segs and self.dead_rows(conn)):
-            return self._rewrite(conn, segs)
-        return 0
-
-    def _rewrite(self, conn: sqlite3.Connection, segs: Sequence[Segment]) -> int:
-        """Replace consecutive segments by one holding their live rows (none if all are dead)."""
-        dim = int(conn.execute("SELECT value FROM meta WHERE key='embedding_dim'").fetchone()[0])
-        lo, hi = segs[0].min_vid, segs[-1].max_vid
-        ids, vecs = self.read_segments(segs, dim)
-        alive = [r[0] for r in conn.execute("SELECT vid FROM vectors WHERE vid BETWEEN ? AND ?", (lo, hi))]
-        keep = np.isin(ids, np.array(alive, np.int64))
-        seg = segs[-1].seg + 1
-        sql: list[tuple[str, Sequence]] = [
-            ("DELETE FROM segments WHERE seg BETWEEN ? AND ?", (segs[0].seg, segs[-1].seg))
-        ]
-        new_file = None
-        if keep.any():
-            new_file = self.root / f"{SEGMENT_PREFIX}{seg}.faiss"
-            write_segment(new_file, ids[keep], vecs[keep])
-            sql.append(
-                ("INSERT INTO segments VALUES (?, ?, ?, ?, ?)", (seg, new_file.name, int(keep.sum()), lo, hi))
-            )
-        self.transaction(conn, sql, new_file=new_file, bump=())
-        for s in segs:
-            with contextlib.suppress(FileNotFoundError):
-                (self.root / s.file).unlink()
-        return int((~keep).sum())
-
-    def dead_rows(self, conn: sqlite3.Connection) -> int:
-        """Vectors still stored in segments whose metadata row was removed (their tombstone)."""
-        stored = conn.execute("SELECT COALESCE(SUM(rows), 0) FROM segments").fetchone()[0]
-        alive = conn.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
-        return int(stored) - int(alive)
-
 
 # ------------------------------------------------------------------------------ file helpers
-
-
-def write_segment(path: Path, vids: np.ndarray, vecs: np.ndarray) -> None:
-    """A segment file (``IndexIDMap2(IndexFlatIP)``), through a temp file, fsync and rename."""
-    import faiss
-
-    index = faiss.IndexIDMap2(faiss.IndexFlatIP(vecs.shape[1]))
-    if len(vids):
-        index.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), np.asarray(vids, np.int64))
-    tmp = path.with_name(path.name + ".tmp")
-    faiss.write_index(index, str(tmp))
-    fsync_replace(tmp, path)
-
-
-def read_segment(path: Path, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(vids, vectors)`` of a segment file; unreadable or wrong-shaped files raise :class:`GalleryCorruptError`."""
-    import faiss
-
-    if not path.exists():
-        raise FileNotFoundError(path)
-    try:
-        index = faiss.read_index(str(path))
-    except RuntimeError as e:
-        raise GalleryCorruptError(f"{path}: unreadable FAISS index ({str(e).splitlines()[0]})") from None
-    if not isinstance(index, faiss.IndexIDMap2) or index.d != dim:
-        raise GalleryCorruptError(f"{path}: not an IndexIDMap2 of dimension {dim}")
-    ids = faiss.vector_to_array(index.id_map).astype(np.int64)
-    n = index.ntotal
-    flat = faiss.downcast_index(index.index)
-    vecs = (
-        faiss.rev_swig_ptr(flat.get_xb(), n * dim).reshape(n, dim).copy()
-        if n
-        else np.zeros((0, dim), np.float32)
-    )
-    return ids, vecs
 
 
 @contextlib.contextmanager

@@ -153,7 +153,7 @@ def verify_items(
     names = [items[j] for j in top]
     feats = extract(query_rgb, cfg.method, max_side=cfg.max_side, nfeatures=cfg.nfeatures)
     final, _, _ = rerank_scores(
-        names, scores[top], feats, gallery.local_features(names, cfg.method, cfg.per_item), cfg
+        names, scores[top], feats, gallery.features.read(names, cfg.method, cfg.per_item), cfg
     )
     out = scores.copy()
     out[top] = final

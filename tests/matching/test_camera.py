@@ -171,7 +171,7 @@ def test_camera_with_multicrop_and_geometric_verification(scene):
 
     d, g, model, truth, cands = scene
     vids = {r["item_id"]: r["vid"] for r in g.records()}
-    g.store_local_features(
+    g.features.store_features(
         "orb", {vids[i]: extract(catalog_image(render_item(int(i[4:]), seed=5), 224), "orb") for i in cands}
     )
     cfg = CameraConfig(

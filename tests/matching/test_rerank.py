@@ -69,11 +69,11 @@ def test_features_are_stored_at_enrollment_and_removed_with_the_item(tmp_path, c
     d, m = covers
     g, model = open_or_create_gallery(tmp_path / "g", str(tiny_model.save(tmp_path / "model")))
     enroll_manifest(g, model, m, progress=False, num_workers=0, local_features="orb")
-    feats = g.local_features(["cover0000", "cover0001"], "orb")
+    feats = g.features.read(["cover0000", "cover0001"], "orb")
     assert all(len(v) == 1 and v[0][0].shape[1] == 2 and len(v[0][1]) > 20 for v in feats.values())
-    assert g.vectors_without_features("orb") == [] and len(g.vectors_without_features("sift")) == 8
+    assert g.features.missing("orb") == [] and len(g.features.missing("sift")) == 8
     g.remove_item("cover0000")
-    assert Gallery.open(g.root).local_features(["cover0000"], "orb") == {"cover0000": []}
+    assert Gallery.open(g.root).features.read(["cover0000"], "orb") == {"cover0000": []}
 
 
 def test_match_with_rerank_beats_the_embedding_on_covers(tmp_path, covers, tiny_model):
