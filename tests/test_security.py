@@ -54,7 +54,7 @@ def test_a_planted_pickle_payload_in_a_checkpoint_or_weights_never_runs(tmp_path
     import torch
 
     from recognizer.models.model import ModelLoadError, load_model
-    from recognizer.train.trainer import ConfigError, load_checkpoint
+    from recognizer.train import ConfigError, load_checkpoint
 
     marker = tmp_path / "pwned"
     ck = tmp_path / "checkpoint.pt"

@@ -14,8 +14,7 @@ import numpy as np
 
 from recognizer.data.imageio import load_image
 from recognizer.data.manifest import load_manifest
-from recognizer.train.augment import augment_grid
-from recognizer.train.trainer import ConfigError, load_config, make_augment
+from recognizer.train import ConfigError, augment_grid, load_config, make_augment
 
 
 def main(argv: list[str] | None = None) -> int:

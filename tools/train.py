@@ -18,7 +18,7 @@ import sys
 
 from recognizer.data.manifest import ManifestError
 from recognizer.models.model import ModelLoadError
-from recognizer.train.trainer import ConfigError, run_training
+from recognizer.train import ConfigError, run_training
 
 
 def main(argv: list[str] | None = None) -> int:
