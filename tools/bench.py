@@ -4,16 +4,24 @@
 python tools/bench.py --out bench_out                 # full size (gallery: 10,000 items x 100 = 1M x 256)
 python tools/bench.py --out bench_out --quick         # small sizes, for a smoke run
 python tools/bench.py --suite gallery --items 2000 --per-item 50
+python tools/bench.py --suite commit --quick          # add-one-item commit time at 1k and 10k vectors
 python tools/bench.py --suite unseen --model head=runs/grocery_head/model   # trained vs off-the-shelf lite0
 python tools/bench.py --suite deploy --model student=runs/s1_student/model --size 224 --query-stride 2
+
+The suites live in benchmarks/ (benchmarks/run.py, one module per suite in benchmarks/suites/).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from recognizer.bench import SUITES, run_bench
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: the benchmarks package lives at the repository root
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.run import SUITES, markdown_table, run_bench  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes")
     ap.add_argument("--items", type=int, help="gallery suite: number of items")
     ap.add_argument("--per-item", type=int, help="gallery suite: vectors per item")
-    ap.add_argument("--dim", type=int, help="gallery suite: embedding dimension")
+    ap.add_argument("--dim", type=int, help="gallery and commit suites: embedding dimension")
     ap.add_argument(
         "--datasets",
         help="query_options suite: comma-separated (covers, grocery_packages, grocery_unseen, coil_unseen)",
@@ -38,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--size", type=int, action="append", help="deploy suite: input size(s) (default 160 and 224)"
     )
+    ap.add_argument(
+        "--gallery-size", type=int, action="append", metavar="N",
+        help="commit suite: gallery size(s) in vectors (default 10k, 100k, 1M; --quick: 1k, 10k)",
+    )  # fmt: skip
     ap.add_argument("--max-queries", type=int, help="unseen suite: evaluate at most this many queries")
     args = ap.parse_args(argv)
     unseen_over: dict = {}
@@ -65,12 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     gallery_over = {
         k: v for k, v in (("n_items", args.items), ("per_item", args.per_item), ("dim", args.dim)) if v
     }
+    commit_over = {
+        k: v for k, v in (("sizes", tuple(args.gallery_size or ()) or None), ("dim", args.dim)) if v
+    }
     doc = run_bench(
         args.suite or list(SUITES), args.out, quick=args.quick, gallery=gallery_over, query_options=query_over,
-        unseen=unseen_over, deploy=deploy_over,
+        unseen=unseen_over, deploy=deploy_over, commit=commit_over,
     )  # fmt: skip
-    from recognizer.bench import markdown_table
-
     print(markdown_table(doc))
     return 0
 

@@ -24,7 +24,7 @@ import os
 import sys
 
 from recognizer.data.manifest import ManifestError
-from recognizer.deploy.export import ExportError, export_model, write_model_card
+from recognizer.deploy import ExportError, export_model, write_model_card
 from recognizer.models.model import ModelLoadError, load_model
 
 

@@ -35,6 +35,19 @@ def candidate_hits(scores: np.ndarray, truth: np.ndarray, candidates: Sequence[n
     return hits
 
 
+def top1_accuracy(truth: Sequence, predicted: Sequence) -> float:
+    """Share of queries whose predicted item is the true one (NaN for no queries).
+
+    ``truth`` and ``predicted`` are aligned labels (item ids or columns), one per query. A
+    prediction is one label, so a tie is decided by whoever made it (an ``argmax`` takes the
+    first); :func:`truth_ranks` on scores counts a tie for the truth instead.
+    """
+    if len(truth) != len(predicted):
+        raise ValueError(f"{len(truth)} true labels but {len(predicted)} predictions")
+    if not len(truth):
+        return float("nan")
+    return float(np.mean([t == p for t, p in zip(truth, predicted, strict=True)]))
+
 
 def average_precision_at_r(sims: np.ndarray, labels: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """mAP@R per query (Musgrave et al., 2020): R = the number of gallery vectors of the true item.

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
 
 
@@ -23,21 +24,25 @@ def test_bench_quick_writes_json_and_table(tmp_path):
     assert "| constrained_speedup_vs_full_scan |" in (tmp_path / "bench.md").read_text()
 
 
-def test_embedding_scaling_and_protocol_suites_at_quick_sizes(tmp_path, tiny_catalog):
-    from recognizer.bench import bench_embedding, bench_scaling, markdown_table
+def test_embedding_scaling_commit_and_protocol_suites_at_quick_sizes(tmp_path, tiny_catalog):
+    from benchmarks.run import markdown_table
+    from benchmarks.suites import commit, embedding, scaling
     from recognizer.evaluation.protocols import evaluate_protocols, protocols_markdown
 
-    e = bench_embedding(model="lite0@64", n_images=16, photo_size=96, batch=8)
+    e = embedding.run(model="lite0@64", n_images=16, photo_size=96, batch=8)
     assert e["images"] == 16 and e["enrolled_vectors"] == 16
     for k in ("bare_timm_images_per_second", "tools_embed_images_per_second", "enroll_images_per_second"):
         assert e[k] > 0
     assert e["tools_vs_bare_timm"] == e["tools_embed_images_per_second"] / e["bare_timm_images_per_second"]
-    s = bench_scaling(sizes=(500, 2000), per_item=10, dim=32)
+    s = scaling.run(sizes=(500, 2000), per_item=10, dim=32)  # each size probed in a fresh process
     assert [r["vectors"] for r in s["table"]] == [500, 2000]
     assert all(r["gallery_rss_mb"] >= 0 and r["exact_ms_per_query_1"] > 0 for r in s["table"])
     assert "exponent_exact_ms_per_query_1" in s
-    md = markdown_table({"machine": {"cpu_count": 2, "platform": "x"}, "suites": {"scaling": s}})
+    c = commit.run(sizes=(200, 1000), dim=16, photos=2, repeats=2)
+    assert list(c["sizes"]) == ["200", "1000"] and c["sizes"]["1000"]["add_one_item_ms"] > 0
+    md = markdown_table({"machine": {"cpu_count": 2, "platform": "x"}, "suites": {"scaling": s, "commit": c}})
     assert "| vectors | exact_ms_per_query_1 |" in md
+    assert "| sizes | vectors | add_one_item_ms |" in md and "| growth |" in md
     # the protocol evaluation on the tiny catalog: the off-the-shelf model against itself at another size
     p = evaluate_protocols(
         {"a": "lite0@64", "b": "lite0@96"}, {"one-shot": str(tiny_catalog), "again": str(tiny_catalog)}, None
@@ -55,3 +60,12 @@ def test_embedding_scaling_and_protocol_suites_at_quick_sizes(tmp_path, tiny_cat
     assert list(cells) == ["a [max]", "a [probe]"] and cells["a [probe]"]["score_mode"] == "probe"
     assert abs(cells["a [probe]"]["top1"] - cells["a [max]"]["top1"]) <= 0.125
     assert "vs_baseline" in cells["a [probe]"] and "| one-shot | a [probe] |" in protocols_markdown(p)
+
+
+def test_unknown_suite_names_the_valid_ones(tmp_path):
+    from benchmarks.run import QUICK, SUITES, run_bench
+
+    assert set(QUICK) == set(SUITES) and {"commit", "gallery", "deploy"} <= set(SUITES)
+    with pytest.raises(ValueError, match=r"unknown suite\(s\) \['nope'\]; choose from gallery, commit"):
+        run_bench(["gallery", "nope"], tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing run, nothing written

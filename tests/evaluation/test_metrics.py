@@ -91,3 +91,11 @@ def test_per_item_and_confusions():
     hits = np.array([t == p for t, p in zip(truth, pred, strict=True)])
     assert M.per_item_accuracy(truth, hits) == [("b", 0.0, 2), ("a", 0.5, 2), ("c", 1.0, 1)]
     assert M.confused_pairs(truth, pred) == [("b", "a", 2), ("a", "b", 1)]
+
+
+def test_top1_accuracy():
+    assert M.top1_accuracy(["a", "b", "c", "a"], ["a", "c", "c", "b"]) == 0.5
+    assert M.top1_accuracy(np.array([0, 1]), np.array([0, 1])) == 1.0
+    assert np.isnan(M.top1_accuracy([], []))
+    with pytest.raises(ValueError, match="2 true labels but 1 predictions"):
+        M.top1_accuracy(["a", "b"], ["a"])
