@@ -15,6 +15,7 @@ from recognizer.data.manifest import load_manifest
 from recognizer.enroll import enroll_files, enroll_manifest
 from recognizer.gallery import Gallery, GalleryModelMismatchError, UnknownItemError
 from recognizer.matching.batch import match_manifest, write_predictions
+from recognizer.matching.pipeline import match_images
 from recognizer.session import open_or_create_gallery
 
 
@@ -49,8 +50,11 @@ def test_enroll_manifest_skips_bad_rows_and_duplicates(tmp_path, tiny_catalog, t
     rep = enroll_manifest(g, model, load_manifest(bad_manifest, root), progress=False, num_workers=0)
     assert rep.images_added == 8 and len(rep.items_added) == 8
     text = rep.summary(g)
-    assert "broken.jpg" in text and "cannot decode" in text or "not a recognised" in text
-    assert "missing.png" in text and "No such file" in text
+    # each bad file's own report line gives the loader's reason for that file
+    (broken,) = [ln for ln in text.splitlines() if "broken.jpg" in ln]
+    assert broken.endswith("broken.jpg: not a recognised image format"), broken
+    (missing,) = [ln for ln in text.splitlines() if "missing.png" in ln]
+    assert "No such file" in missing, missing
     assert "split 'bogus-split'" in text and "duplicate of line 2" in text
     # enrolling again adds nothing: identical images are skipped
     rep2 = enroll_manifest(g, model, load_manifest(tiny_catalog), progress=False, num_workers=0)
@@ -100,11 +104,11 @@ def test_gallery_from_another_model_is_refused(tmp_path, small_gallery):
 def test_python_api_match_images(small_gallery):
     g, model, m = small_gallery
     gal = m.select(role="gallery")[:3]
-    res = g.match([str(m.resolve(r)) for r in gal], model=model, k=2)
+    res = match_images(g, model, [str(m.resolve(r)) for r in gal], k=2)
     assert [x.item_id for x in res] == [r.item_id for r in gal]  # each catalog image finds itself
     arr = np.asarray(Image.open(m.resolve(gal[0])).convert("RGB"))
     assert (
-        g.match([arr], model=model, candidates=[gal[0].item_id, gal[1].item_id])[0].item_id == gal[0].item_id
+        match_images(g, model, [arr], candidates=[gal[0].item_id, gal[1].item_id])[0].item_id == gal[0].item_id
     )
 
 
@@ -146,9 +150,7 @@ def test_enroll_and_match_tools_end_to_end(tmp_path, tiny_catalog, tiny_model):
     out = _run("tools/enroll.py", "--gallery", str(gal), "--set-threshold", "0.5", "--set-margin", "0.01")
     assert "threshold 0.5000, margin 0.0100" in out.stdout
     out = _run("tools/enroll.py", "--gallery", str(gal), "--set-score-mode", "probe")
-    assert (
-        out.returncode == 0 and "score mode probe" in out.stdout
-    )  # the matching below scores with the probe
+    assert out.returncode == 0 and "score mode probe" in out.stdout  # the matching below scores with the probe
     out = _run("tools/enroll.py", "--gallery", str(gal), "--set-score-mode", "median")
     assert out.returncode == 2 and "invalid choice: 'median'" in out.stderr
     preds = tmp_path / "preds.csv"
@@ -167,6 +169,7 @@ def test_enroll_and_match_tools_end_to_end(tmp_path, tiny_catalog, tiny_model):
     assert out.returncode == 0, out.stderr
     rows = list(csv.DictReader(open(preds)))
     assert len(rows) == 16 and all(r["pred_item_id"] in {"item0000", "item0001", "item0002"} for r in rows)
+    _assert_scored_with_the_probe(gal, tiny_catalog, rows, ["item0000", "item0001", "item0002"])
     out = _run("tools/enroll.py", "--gallery", str(gal), "--remove", "item0001")
     assert "removed item 'item0001' (2 vectors); 7 items left" in out.stdout
     out = _run(
@@ -193,6 +196,37 @@ def test_enroll_and_match_tools_end_to_end(tmp_path, tiny_catalog, tiny_model):
         str(preds),
     )
     assert out.returncode == 2 and "no gallery here" in out.stderr
+
+
+def _assert_scored_with_the_probe(gal, catalog, rows, cands):
+    """The tool's scores are the probe's (a logistic regression fitted on the candidates' enrolled
+    vectors, recomputed here from the public pieces), and not the max-cosine scores of the same gallery."""
+    from recognizer.cli import PHOTO_DEFAULTS
+    from recognizer.gallery.adapt import fit_probe
+    from recognizer.matching.options import QueryOptions
+    from recognizer.models.embed import embed_manifest
+    from recognizer.session import load_gallery_model
+
+    g = Gallery.open(gal)
+    assert g.score_mode == "probe"
+    m = load_manifest(catalog)
+    queries = m.select(role="query")
+    assert [r["item_id"] for r in rows] == [q.item_id for q in queries]
+    opts = QueryOptions(aspect=PHOTO_DEFAULTS["aspect"], zoom=PHOTO_DEFAULTS["zoom"])  # the tool's defaults
+    res, _ = embed_manifest(load_gallery_model(g), m, queries, num_workers=0, view_fn=opts.views)
+    assert len(res.embeddings) == len(rows)
+    q = res.embeddings / np.linalg.norm(res.embeddings, axis=1, keepdims=True)
+    vecs = [g.vectors_of(c) for c in cands]
+    w, b = fit_probe(np.concatenate(vecs), np.repeat(np.arange(len(cands)), [len(v) for v in vecs]), len(cands))
+    probe = q @ w.T + b
+    max_cos = np.stack([(q @ v.T).max(axis=1) for v in vecs], axis=1)
+    got = np.array([
+        [dict(zip(r["topk_ids"].split(";"), map(float, r["topk_scores"].split(";")), strict=True))[c] for c in cands]
+        for r in rows
+    ])  # fmt: skip
+    np.testing.assert_allclose(got, probe, atol=1e-5)  # the CSV holds 6 decimals
+    assert np.abs(got - max_cos).max() > 0.01  # max-mode scores would be these, measurably different
+    assert [r["pred_item_id"] for r in rows] == [cands[j] for j in probe.argmax(axis=1)]
 
 
 def test_grocery_unseen_items_enroll_then_match_within_candidates(tmp_path):
