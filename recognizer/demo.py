@@ -11,20 +11,20 @@ pretrained weights are worth.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .data.candidates import candidate_sets
 from .data.manifest import Manifest, ManifestError, format_skipped, load_manifest
 from .enroll import enroll_manifest
-from .gallery.gallery import Gallery, Match
+from .evaluation.metrics import top1_accuracy, topk_accuracy
+from .fileio import write_json_atomic
+from .gallery import Gallery, Match
 from .matching.batch import match_manifest
 from .models.model import build_model, load_model
 
@@ -34,9 +34,9 @@ def evaluate_matches(
 ) -> dict[str, float]:
     """Item-level top-1/top-5 over the whole gallery, and top-1 within each query's candidate set."""
     return {
-        "top1": float(np.mean([m.item_id == t for m, t in zip(full, truths, strict=True)])),
-        "top5": float(np.mean([t in [i for i, _ in m.topk[:5]] for m, t in zip(full, truths, strict=True)])),
-        k_label: float(np.mean([m.item_id == t for m, t in zip(constrained, truths, strict=True)])),
+        "top1": top1_accuracy(truths, [m.item_id for m in full]),
+        "top5": topk_accuracy(truths, [[i for i, _ in m.topk[:5]] for m in full]),
+        k_label: top1_accuracy(truths, [m.item_id for m in constrained]),
     }
 
 
@@ -135,7 +135,7 @@ def run_demo(
         results["models"][label] = metrics
     results["generate_seconds"] = gen_seconds
     results["total_seconds"] = time.perf_counter() - t_start
-    (out / "demo_results.json").write_text(json.dumps(results, indent=2))
+    write_json_atomic(out / "demo_results.json", results)
     return results
 
 

@@ -12,11 +12,14 @@ from .metrics import (
     open_set_curves,
     recall_at_k,
     recommend_threshold,
+    top1_accuracy,
+    topk_accuracy,
     truth_ranks,
 )
 from .report import Evaluation, compute_metrics, evaluate_gallery, render_html, run_report
 
 __all__ = [
     "Evaluation", "bootstrap_ci", "cmc_curve", "compute_metrics", "evaluate_gallery", "mcnemar_exact",
-    "open_set_curves", "recall_at_k", "recommend_threshold", "render_html", "run_report", "truth_ranks",
+    "open_set_curves", "recall_at_k", "recommend_threshold", "render_html", "run_report", "top1_accuracy",
+    "topk_accuracy", "truth_ranks",
 ]  # fmt: skip

@@ -49,6 +49,12 @@ def top1_accuracy(truth: Sequence, predicted: Sequence) -> float:
     return float(np.mean([t == p for t, p in zip(truth, predicted, strict=True)]))
 
 
+def topk_accuracy(truth: Sequence, topk: Sequence[Sequence]) -> float:
+    """Share of queries whose true item is among their ranked predictions (NaN for no queries)."""
+    if len(truth) != len(topk):
+        raise ValueError(f"{len(truth)} true labels but {len(topk)} prediction lists")
+    return float(np.mean([t in list(k) for t, k in zip(truth, topk, strict=True)])) if len(truth) else float("nan")
+
 def average_precision_at_r(sims: np.ndarray, labels: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """mAP@R per query (Musgrave et al., 2020): R = the number of gallery vectors of the true item.
 

@@ -40,7 +40,7 @@ def evaluate_protocols(
     every model after the first, ``vs_baseline`` (difference, CI, McNemar p).
     """
     from ..enroll import enroll_manifest
-    from ..gallery.gallery import Gallery
+    from ..gallery import Gallery
     from ..models.model import load_model
     from .report import compare, compute_metrics, evaluate_gallery
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -28,7 +27,8 @@ import numpy as np
 from ..data.candidates import random_candidate_sets
 from ..data.imageio import ImageLoadError, load_image
 from ..data.manifest import Manifest, ManifestRow
-from ..gallery.gallery import Gallery, UnknownItemError, decide
+from ..fileio import write_json_atomic, write_text_atomic
+from ..gallery import Gallery, UnknownItemError, decide
 from ..matching.batch import MatchReport, write_predictions
 from ..matching.options import QueryOptions
 from ..matching.rerank import RerankConfig
@@ -579,12 +579,12 @@ def run_report(
     summary = summary_markdown(m, cmp)
     figs = _plots(m, other) if "open_set" in m else {}
     conf = _confusion_gallery(ev, m, manifest) if "_top1_hits" in m else []
-    (out / "report.html").write_text(render_html(m, figs, conf, summary, other, cmp), encoding="utf-8")
+    write_text_atomic(out / "report.html", render_html(m, figs, conf, summary, other, cmp))
     doc = {"metrics": _public(m), "curves": m.get("_curves", {}), "skipped": ev.failures}
     if other is not None:
         doc["compared"] = _public(other)
         doc["comparison"] = cmp
-    (out / "metrics.json").write_text(json.dumps(doc, indent=2, default=float))
+    write_json_atomic(out / "metrics.json", doc)
     matches = decide(ev.items, ev.scores, 5, gallery.threshold, gallery.margin) if len(ev.rows) else []
     write_predictions(
         out / "predictions.csv", MatchReport(ev.rows, matches, ev.failures, 0.0, 0.0, ev.embeddings)

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..data.imageio import ImageLoadError, crop_bbox, load_image
 from ..data.manifest import Manifest, ManifestRow, format_skipped
+from ..evaluation.metrics import top1_accuracy, topk_accuracy
 from ..fileio import write_csv_atomic
 from ..gallery import Gallery, Match, UnknownItemError, decide
 from ..models.embed import embed_paths
@@ -43,14 +44,12 @@ class MatchReport:
         labelled = [(r, m) for r, m in zip(self.rows, self.matches, strict=True) if r.item_id]
         if not labelled:
             return {}
-        top1 = np.mean([m.item_id == r.item_id for r, m in labelled])
-        acc = np.mean([m.accepted and m.item_id == r.item_id for r, m in labelled])
-        topk = np.mean([r.item_id in [i for i, _ in m.topk] for r, m in labelled])
+        truth = [r.item_id for r, _ in labelled]
         return {
             "labelled": len(labelled),
-            "top1": float(top1),
-            "topk": float(topk),
-            "accepted_correct": float(acc),
+            "top1": top1_accuracy(truth, [m.item_id for _, m in labelled]),
+            "topk": topk_accuracy(truth, [[i for i, _ in m.topk] for _, m in labelled]),
+            "accepted_correct": top1_accuracy(truth, [m.label for _, m in labelled]),
         }
 
     def summary(self) -> str:
