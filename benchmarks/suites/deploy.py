@@ -308,6 +308,8 @@ def _add_int8_loss(rows: list[dict[str, Any]]) -> None:
 
 def deploy_markdown(doc: dict[str, Any]) -> str:
     """The table as Markdown, with the settings and machine it was measured on."""
+    from recognizer.deploy.model_card import verification_cell
+
     st, mc = doc["settings"], doc["machine"]
     acc0 = next((r["accuracy"] for r in doc["rows"] if r.get("accuracy")), None)
     n_items = acc0["items"] if acc0 else "-"
@@ -352,12 +354,7 @@ def deploy_markdown(doc: dict[str, Any]) -> str:
         acc = r.get("accuracy") or {}
         top1 = f"{acc['top1']:.3f}" if acc else "-"
         wc = acc.get("top1_within_candidates")
-        v = r.get("verification")
-        ver = (
-            f"{v['min_cosine']:.4f} / {v['mean_cosine']:.4f}" + ("" if v["passed"] else " (below bound)")
-            if v
-            else "reference"
-        )
+        ver = verification_cell(r.get("verification"), failed=" (below bound)")
         one = r.get("single_thread")
         st1 = f"{one['images_per_second']:.1f} | {one['latency_ms']:.1f}" if one else "- | -"
         loss = ""

@@ -39,12 +39,12 @@ from .measure import (
     parameter_count,
     tune_cpu,
 )
-from .model_card import model_card_markdown, write_model_card
+from .model_card import model_card_markdown, verification_cell, write_model_card
 
 __all__ = [
     "EVAL_QUERY_OPTIONS", "EVAL_QUERY_OPTIONS_TEXT", "EXPORTERS", "FP32_MIN_COSINE", "INT8_MIN_COSINE",
     "INT8_MIN_MEAN_COSINE", "INT8_MODES", "OPSET", "ExportError", "ExportVerificationError", "ExportedModel",
     "cpu_has_vnni", "evaluate_top1", "export_model", "machine_info", "measure_speed", "measure_speeds",
     "model_card_markdown", "model_size_mb", "onnx_bytes", "parameter_count", "quantize_bytes", "sample_images",
-    "torch_embeddings", "tune_cpu", "verify_onnx", "write_model_card",
+    "torch_embeddings", "tune_cpu", "verification_cell", "verify_onnx", "write_model_card",
 ]  # fmt: skip

@@ -137,12 +137,7 @@ def model_card_markdown(doc: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["variants"]:
-        v = r.get("verification")
-        ver = (
-            f"{v['min_cosine']:.4f} / {v['mean_cosine']:.4f}" + ("" if v["passed"] else " FAILED")
-            if v
-            else "reference"
-        )
+        ver = verification_cell(r.get("verification"))
         acc = r.get("accuracy")
         top1 = f"{acc['top1']:.3f} ({acc['queries']} q)" if acc else "-"
         lines.append(
@@ -159,3 +154,10 @@ def model_card_markdown(doc: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def verification_cell(v: dict[str, Any] | None, failed: str = " FAILED") -> str:
+    """``min / mean cosine`` against torch for a table cell (``reference`` for torch itself)."""
+    if not v:
+        return "reference"
+    return f"{v['min_cosine']:.4f} / {v['mean_cosine']:.4f}" + ("" if v["passed"] else failed)

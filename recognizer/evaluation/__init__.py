@@ -1,8 +1,11 @@
 """Evaluation: how well a gallery recognises held-out items, with honest uncertainty.
 
-``metrics`` holds numpy-in, numpy-out measures (top-k, CMC, mAP@R, open-set curves, bootstrap
-CIs, McNemar); ``report`` evaluates a gallery on a manifest and renders the HTML report;
-``protocols`` compares models under several enrollment protocols.
+``metrics`` holds numpy-in, numpy-out measures (one top-1 and top-k, CMC, mAP@R, open-set
+curves, bootstrap CIs, McNemar), a leaf that every stage may use; ``report`` evaluates a
+gallery on a manifest and renders the HTML report; ``protocols`` compares models under
+several enrollment protocols. Only ``metrics`` is re-exported here: ``report`` and
+``protocols`` sit above matching (import them from their modules), so that importing a
+metric never pulls in the matching code that itself counts accuracy with these metrics.
 """
 
 from .metrics import (
@@ -16,10 +19,8 @@ from .metrics import (
     topk_accuracy,
     truth_ranks,
 )
-from .report import Evaluation, compute_metrics, evaluate_gallery, render_html, run_report
 
 __all__ = [
-    "Evaluation", "bootstrap_ci", "cmc_curve", "compute_metrics", "evaluate_gallery", "mcnemar_exact",
-    "open_set_curves", "recall_at_k", "recommend_threshold", "render_html", "run_report", "top1_accuracy",
-    "topk_accuracy", "truth_ranks",
+    "bootstrap_ci", "cmc_curve", "mcnemar_exact", "open_set_curves", "recall_at_k", "recommend_threshold",
+    "top1_accuracy", "topk_accuracy", "truth_ranks",
 ]  # fmt: skip

@@ -5,30 +5,17 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
+from conftest import tiny_exportable_model
 
 from benchmarks.suites.deploy import run_deploy_table, split_label
-from recognizer.deploy import sample_images
-from recognizer.models.model import build_model
 
 pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """timm's test EfficientNet at 64 px saved as a trained model folder, its BatchNorm statistics measured on
-    real images (as in tests/deploy/test_export.py: random-init statistics make activations int8 cannot hold)."""
-    torch.manual_seed(0)
-    m = build_model({"backbone": "timm/test_efficientnet", "input_size": 64}, pretrained=False)
-    imgs, _ = sample_images(m.preprocess, n=16, seed=5)
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
-            mod.momentum = None  # cumulative average over the batch
-            mod.reset_running_stats()
-    m.train()
-    with torch.no_grad():
-        m(torch.from_numpy(imgs))
-    return m.eval().save(tmp_path_factory.mktemp("deploy_table") / "ckpt")
+    """timm's test EfficientNet at 64 px, BatchNorm statistics measured on real images, saved as a model folder."""
+    return tiny_exportable_model(0).save(tmp_path_factory.mktemp("deploy_table") / "ckpt")
 
 
 def test_deploy_table_quick_mode_produces_rows(tmp_path, checkpoint):

@@ -11,16 +11,16 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, tiny_exportable_model
 
 from recognizer.data.imageio import load_image
 from recognizer.data.manifest import load_manifest
-from recognizer.deploy.export import ExportVerificationError, export_model, sample_images
+from recognizer.deploy.export import ExportVerificationError, export_model
 from recognizer.enroll import enroll_manifest
 from recognizer.gallery import Gallery, GalleryModelMismatchError
 from recognizer.matching.batch import match_manifest
 from recognizer.models.embed import embed_arrays, embed_paths
-from recognizer.models.model import build_model, load_model
+from recognizer.models.model import load_model
 from recognizer.models.onnx import (
     ExportLoadError,
     OnnxEmbedder,
@@ -38,27 +38,11 @@ from recognizer.session import (
 pytest.importorskip("onnxruntime")
 
 
-def _tiny(seed: int):
-    """timm's test EfficientNet at 64 px (exports in ~4 s), its BatchNorm statistics measured on real
-    images: random-init statistics make activations no trained model has, which int8 cannot hold."""
-    torch.manual_seed(seed)
-    m = build_model({"backbone": "timm/test_efficientnet", "input_size": 64}, pretrained=False)
-    imgs, _ = sample_images(m.preprocess, n=16, seed=5)
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
-            mod.momentum = None  # cumulative average over the batch
-            mod.reset_running_stats()
-    m.train()
-    with torch.no_grad():
-        m(torch.from_numpy(imgs))
-    return m.eval()
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """One model saved as a checkpoint, exported once: fp32, int8 dynamic, int8 static."""
     root = tmp_path_factory.mktemp("export")
-    model = _tiny(0)
+    model = tiny_exportable_model(0)
     ckpt = model.save(root / "ckpt")
     model = load_model(ckpt)
     exports = export_model(
@@ -184,7 +168,7 @@ def test_gallery_refuses_int8_and_other_models_exports(torch_gallery, exported, 
     assert model.fingerprint in msg and ex["int8-dynamic"].sidecar["fingerprint"] in msg
     assert "min cosine" in msg and "0.999" in msg
     assert Gallery.open(g.root).accepted_exports == []
-    other = _tiny(1)
+    other = tiny_exportable_model(1)
     g2 = Gallery.create(tmp_path / "g2", other.describe(), model_spec="")
     with pytest.raises(
         ExportNotAcceptedError,
