@@ -245,11 +245,9 @@ class Gallery:
                     keep.append(i)
             if not keep:
                 return result
-            names = {
-                it: (names or {}).get(it, it)
-                for it in sorted({item_ids[i] for i in keep} - set(self._s.table.col))
-            }
             ids = [item_ids[i] for i in keep]
+            fresh = sorted({it for it in ids if it not in self._s.table.col})  # O(batch), not O(items)
+            names = {it: (names or {}).get(it, it) for it in fresh}
             vids, meta = self.store.insert_vectors(
                 conn, ids, [paths[i] for i in keep], [hashes[i] for i in keep], emb[keep], names
             )
