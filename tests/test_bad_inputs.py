@@ -244,7 +244,7 @@ BAD_MANIFESTS = {
 # row is skipped and reported by line, then enroll exits 1 (nothing added), report and train exit 2 (no
 # usable rows) and match exits 0, writing a predictions file with no rows.
 EXIT_CODES = {case: dict.fromkeys(("enroll", "match", "report", "train"), 2) for case in BAD_MANIFESTS}
-EXIT_CODES["unbalanced quote"].update(enroll=1, match=0)
+EXIT_CODES["unbalanced quote"].update(enroll=1, match=1)  # every row bad: non-zero, but no error
 
 
 @pytest.mark.parametrize("case", list(BAD_MANIFESTS))
@@ -280,7 +280,7 @@ def test_bad_manifests_through_every_tool(corpus, case):
     assert _gallery_state(g) == before
     _no_temp_files(g)
     pred = g.parent / f"{p.stem}.pred.csv"
-    if runs["match"].returncode == 0:  # nothing matched: a header-only predictions file
+    if runs["match"].returncode == 1:  # nothing matched: a header-only predictions file
         assert pred.read_text(encoding="utf-8").splitlines() == [
             "path,item_id,pred_item_id,score,accepted,topk_ids,topk_scores"
         ]
@@ -295,12 +295,12 @@ def test_gallery_problems(corpus, tiny_catalog):
     lines = corpus["good_rows"][:1] + [f"{ln},nope;item0001" for ln in corpus["good_rows"][1:4]]
     man = data / "cands.csv"
     man.write_text(lines[0] + ",candidates\n" + "\n".join(lines[1:]) + "\n", encoding="utf-8")
-    # match skips each query row naming an unknown id (both query rows here: nothing is matched) and exits 0
+    # match skips each query row naming an unknown id (both query rows here: nothing is matched) and exits 1
     r = _tool("match", "--gallery", str(g), "--manifest", str(man), "--out", str(root / "c.csv"))
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.returncode == 1, r.stdout + r.stderr
     assert "matched 0 image(s)" in r.stdout and r.stdout.count("candidate id(s) not in the gallery: nope") == 2
     assert len((root / "c.csv").read_text(encoding="utf-8").splitlines()) == 1  # the header only
-    _record("unknown candidate ids", "match", r, "rows skipped, naming the unknown id (exit 0)")
+    _record("unknown candidate ids", "match", r, "rows skipped, naming the unknown id (exit 1: no row matched)")
     # report refuses the whole manifest
     r = _tool("report", "--gallery", str(g), "--manifest", str(man), "--out", str(root / "c.rep"))
     assert r.returncode == 2 and "not in the gallery: nope" in r.stderr, r.stdout + r.stderr

@@ -295,3 +295,9 @@ def format_skipped(failures: Sequence[tuple[str, str]], limit: int = 20) -> list
     if len(failures) > limit:
         lines.append(f"  ... and {len(failures) - limit} more")
     return lines
+
+
+def manifest_of_files(paths: Sequence[str | os.PathLike], source: str = "command line") -> Manifest:
+    """Unlabelled query rows for image files given directly (e.g. on a tool's command line)."""
+    rows = [ManifestRow(i, os.fspath(p), "", role="query") for i, p in enumerate(paths, 1)]
+    return Manifest(source, Path.cwd(), rows)

@@ -31,8 +31,8 @@ from ..fileio import write_json_atomic, write_text_atomic
 from ..gallery import Gallery, UnknownItemError, decide
 from ..matching.batch import MatchReport, write_predictions
 from ..matching.options import QueryOptions
+from ..matching.pipeline import Recognizer, file_loader
 from ..matching.rerank import RerankConfig
-from ..models.embed import embed_manifest
 from ..session import load_gallery_model
 from .metrics import (
     average_precision_at_r,
@@ -65,7 +65,7 @@ class Evaluation:
     failures: list[tuple[str, str]]
     embed_ms_per_image: float
     match_ms_per_query: float
-    embedded: tuple | None = None  # (EmbedResult, rows): lets another gallery reuse these query embeddings
+    embedded: tuple | None = None  # (Views, rows): lets another gallery reuse these query embeddings
 
 
 def evaluate_gallery(
@@ -85,57 +85,36 @@ def evaluate_gallery(
     """Embed ``rows`` with the gallery's model (or ``model``: any backend with the gallery's fingerprint)
     and score them against every item.
 
-    ``embedded``: ``(EmbedResult, rows)`` from an earlier call's ``embed_manifest`` with the same
-    model, rows and query options (the same queries against another gallery), not embedded again.
+    Goes through the one recognition path (:class:`~recognizer.matching.pipeline.Recognizer`), scoring
+    every item exactly. ``embedded``: ``(Views, rows)`` from an earlier call with the same model, rows
+    and query options (the same queries against another gallery), not embedded again.
     """
     gallery.require_items()
     if model is None:
         model = load_gallery_model(gallery, model_spec)
     else:
         gallery.check_model(model.fingerprint, "the evaluating model")
-    opts = query_options or QueryOptions()
-    res, rows = embedded or embed_manifest(
-        model, manifest, rows, batch_size=batch_size, num_workers=num_workers, progress=progress,
-        desc=f"embedding queries ({gallery.root.name})", view_fn=None if opts.is_default else opts.views,
+    rec = Recognizer(gallery, model, query_options or QueryOptions(), rerank, exhaustive=True)
+    paths, bboxes = [manifest.resolve(r) for r in rows], [r.bbox for r in rows]
+    views, rows = embedded or (
+        rec.embed_paths(paths, bboxes, batch_size=batch_size, num_workers=num_workers, progress=progress,
+                        desc=f"embedding queries ({gallery.root.name})"),
+        list(rows),
     )  # fmt: skip
-    failures = [(f"line {rows[i].line} ({rows[i].path})", msg) for i, msg in res.failures]
-    ok_rows = [rows[i] for i in res.indices]
+    failures = [(f"line {rows[i].line} ({rows[i].path})", msg) for i, msg in views.failures]
+    ok_rows = [rows[i] for i in views.indices]
+    emb = views.pooled()
     t0 = time.perf_counter()
-    gallery.search(res.embeddings, k=5) if len(ok_rows) else None  # the deployed search path, timed
+    gallery.search(emb, k=5) if len(ok_rows) else None  # the deployed search path, timed
     match_ms = 1000 * (time.perf_counter() - t0) / max(1, len(ok_rows))
-    if opts.multicrop != "none" and opts.pool == "max" and len(ok_rows):
-        from ..matching.options import pool_view_scores
-
-        items, view_scores = gallery.exact_item_scores(res.view_embeddings)
-        scores = pool_view_scores(view_scores, res.n_views)
-    else:
-        items, scores = gallery.exact_item_scores(res.embeddings)
-    if rerank is not None and len(ok_rows):
-        t0 = time.perf_counter()
-        scores = rerank_score_matrix(
-            gallery, items, scores, [manifest.resolve(r) for r in ok_rows], [r.bbox for r in ok_rows], rerank
-        )
-        match_ms += 1000 * (time.perf_counter() - t0) / len(ok_rows)
+    items, scores = rec.scores(views, range(len(ok_rows)), None) if ok_rows else (gallery.item_ids, np.zeros((0, 0)))
+    load = file_loader(paths, bboxes)
+    scores = rec.verify(items, scores, lambda i: load(views.indices[i]))
+    match_ms += 1000 * rec.seconds_verify / max(1, len(ok_rows))
     return Evaluation(
-        gallery, ok_rows, items, scores, res.embeddings, failures,
-        1000 * res.seconds / max(1, len(ok_rows)), match_ms, (res, rows),
+        gallery, ok_rows, items, scores, emb, failures,
+        1000 * views.seconds / max(1, len(ok_rows)), match_ms, (views, rows),
     )  # fmt: skip
-
-
-def rerank_score_matrix(
-    gallery: Gallery, items: list[str], scores: np.ndarray, paths: list, bboxes: list, cfg: RerankConfig
-) -> np.ndarray:
-    """Add geometric verification to each query's top ``cfg.top_k`` items in a ``Q x I`` score matrix."""
-    from ..data.imageio import crop_bbox
-    from ..matching.rerank import verify_items
-
-    out = scores.copy()
-    for q, (path, bbox) in enumerate(zip(paths, bboxes, strict=True)):
-        try:
-            out[q] = verify_items(gallery, crop_bbox(load_image(path), bbox), items, scores[q], cfg)
-        except (ImageLoadError, ValueError):
-            continue
-    return out
 
 
 def compute_metrics(ev: Evaluation, *, seed: int = 0, n_boot: int = 1000) -> dict[str, Any]:

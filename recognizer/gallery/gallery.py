@@ -345,21 +345,18 @@ class Gallery:
             threshold=self.threshold if threshold is None else threshold, margin=self.margin if margin is None else margin,
         )  # fmt: skip
 
+    def item_scores(self, queries: np.ndarray, candidates: Sequence[str] | None = None, *, k: int = 5
+                    ) -> tuple[list[str], np.ndarray]:  # fmt: skip
+        """``(items, Q x I)`` scores as :meth:`search` computes them: against ``candidates``, or the whole
+        gallery (IVF-shortlisted when large: items outside the ``k``-driven shortlist score -inf)."""
+        cands = None if candidates is None else tuple(candidates)
+        return self.searcher.scores(self._state(), as_queries(queries, self.embedding_dim, self.root), cands, k)
+
     def exact_item_scores(self, queries: np.ndarray) -> tuple[list[str], np.ndarray]:
         """Exact ``Q x I`` item scores over the whole gallery, whatever its size (for evaluation)."""
         st = self._state()
         return list(st.table.items), self.searcher.full_scores(
             st, as_queries(queries, self.embedding_dim, self.root)
-        )
-
-    def candidate_scores(
-        self, queries: np.ndarray, candidates: Sequence[str]
-    ) -> tuple[list[str], np.ndarray]:
-        """``(items, Q x len(items))`` scores against just these items (deduplicated, in order)."""
-        if isinstance(candidates, str):
-            raise TypeError(f"candidates must be a list of item ids, not the string {candidates!r}")
-        return self.searcher.candidate_scores(
-            self._state(), as_queries(queries, self.embedding_dim, self.root), tuple(candidates)
         )
 
     def ann_index(self):

@@ -176,32 +176,40 @@ class Searcher:
 
     # ------------------------------------------------------------------ search
 
+    def scores(self, st: State, q: np.ndarray, cands: tuple[str, ...] | None, k: int) -> tuple[list[str], np.ndarray]:
+        """``(items, Q x I)`` scores of normalised queries against one candidate set, or the whole gallery
+        (``None``: exact, or the IVF shortlist for large galleries, where unlisted items score -inf)."""
+        if cands is not None:
+            return self.candidate_scores(st, q, cands)
+        if len(st.table) >= self.ann_threshold:
+            return st.table.items, self.ann_scores(st, q, k)
+        return st.table.items, self.full_scores(st, q)
+
     def search(
         self, st: State, q: np.ndarray, *, k: int, candidates: Candidates, threshold: float, margin: float
     ) -> list[Match]:
         """Match normalised queries; ``candidates`` as in :meth:`~.gallery.Gallery.search`."""
-        if isinstance(candidates, str):
-            raise TypeError(f"candidates must be a list of item ids, not the string {candidates!r}")
-        if candidates is not None and all(isinstance(c, str) for c in candidates):
-            items, scores = self.candidate_scores(st, q, tuple(candidates))  # one set for all: the fast path
-            return decide(items, scores, k, threshold, margin)
-        per_query = [None] * len(q) if candidates is None else list(candidates)
-        if len(per_query) != len(q):
-            raise ValueError(f"{len(per_query)} candidate lists for {len(q)} queries")
-        groups: dict[tuple[str, ...] | None, list[int]] = {}
-        for i, c in enumerate(per_query):
-            if isinstance(c, str):
-                raise TypeError(f"candidates[{i}] must be a list of item ids or None, not the string {c!r}")
-            groups.setdefault(None if c is None else tuple(c), []).append(i)
         out: list[Match | None] = [None] * len(q)
-        for cands, idx in groups.items():
-            sub = q[idx]
-            if cands is not None:
-                items, scores = self.candidate_scores(st, sub, cands)
-            elif len(st.table) >= self.ann_threshold:
-                items, scores = st.table.items, self.ann_scores(st, sub, k)
-            else:
-                items, scores = st.table.items, self.full_scores(st, sub)
+        for cands, idx in candidate_groups(candidates, len(q)).items():
+            items, scores = self.scores(st, q[idx], cands, k)
             for i, m in zip(idx, decide(items, scores, k, threshold, margin), strict=True):
                 out[i] = m
         return out  # type: ignore[return-value]
+
+
+def candidate_groups(candidates: Candidates, n: int) -> dict[tuple[str, ...] | None, list[int]]:
+    """Queries grouped by candidate set: ``None`` (whole gallery), one list of ids for all ``n`` queries,
+    or one list (or None) per query. Each group is scored in one matrix product."""
+    if isinstance(candidates, str):
+        raise TypeError(f"candidates must be a list of item ids, not the string {candidates!r}")
+    if candidates is not None and all(isinstance(c, str) for c in candidates):
+        return {tuple(candidates): list(range(n))}  # one set for all: the fast path
+    per_query = [None] * n if candidates is None else list(candidates)
+    if len(per_query) != n:
+        raise ValueError(f"{len(per_query)} candidate lists for {n} queries")
+    groups: dict[tuple[str, ...] | None, list[int]] = {}
+    for i, c in enumerate(per_query):
+        if isinstance(c, str):
+            raise TypeError(f"candidates[{i}] must be a list of item ids or None, not the string {c!r}")
+        groups.setdefault(None if c is None else tuple(c), []).append(i)
+    return groups

@@ -6,7 +6,6 @@ their manifest line; the good rows still go through.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Sequence
@@ -15,15 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.imageio import ImageLoadError, crop_bbox, load_image
 from ..data.manifest import Manifest, ManifestRow, format_skipped
 from ..evaluation.metrics import top1_accuracy, topk_accuracy
 from ..fileio import write_csv_atomic
-from ..gallery import Gallery, Match, UnknownItemError, decide
-from ..models.embed import embed_paths
+from ..gallery import Gallery, Match, UnknownItemError
 from ..models.model import EmbeddingModel
-from .options import QueryOptions, pool_view_scores
-from .rerank import RerankConfig, verify_items
+from .options import QueryOptions
+from .pipeline import Recognizer, file_loader
+from .rerank import RerankConfig
 
 PREDICTION_COLUMNS = ("path", "item_id", "pred_item_id", "score", "accepted", "topk_ids", "topk_scores")
 
@@ -69,6 +67,18 @@ class MatchReport:
         return "\n".join(lines)
 
 
+def matches_table(report: MatchReport, names: dict[str, str], top: int = 3) -> str:
+    """A plain-text table of one match per image: path, item, name, score, accepted, the top items."""
+    head = ("image", "item", "name", "score", "accepted", f"top-{top}")
+    rows = [
+        (r.path, m.label, names.get(m.item_id or "", "") if m.accepted else "", f"{m.score:.3f}",
+         "yes" if m.accepted else "no", ", ".join(f"{i} {s:.3f}" for i, s in m.topk[:top]))
+        for r, m in zip(report.rows, report.matches, strict=True)
+    ]  # fmt: skip
+    width = [max(len(str(c)) for c in col) for col in zip(head, *rows, strict=True)]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, width, strict=True)).rstrip() for row in (head, *rows))
+
+
 def match_manifest(
     gallery: Gallery,
     model: EmbeddingModel,
@@ -108,70 +118,18 @@ def match_manifest(
             )
         else:
             good.append((r, cands))
-    opts = query_options or QueryOptions()
-    res = embed_paths(
-        model, [manifest.resolve(r) for r, _ in good], bboxes=[r.bbox for r, _ in good],
-        batch_size=batch_size, num_workers=num_workers, progress=progress, desc="embedding queries",
-        view_fn=None if opts.is_default else opts.views,
-    )  # fmt: skip
-    for j, msg in res.failures:
+    rec = Recognizer(gallery, model, query_options or QueryOptions(), rerank)
+    paths, bboxes = [manifest.resolve(r) for r, _ in good], [r.bbox for r, _ in good]
+    views = rec.embed_paths(paths, bboxes, batch_size=batch_size, num_workers=num_workers, progress=progress,
+                            desc="embedding queries")  # fmt: skip
+    for j, msg in views.failures:
         failures.append((f"line {good[j][0].line}", msg))
-    ok = [good[j] for j in res.indices]
+    ok = [good[j] for j in views.indices]
     t0 = time.perf_counter()
-    if not ok:
-        matches = []
-    elif opts.multicrop != "none" and opts.pool == "max":
-        matches = _match_max_over_views(gallery, res, [c for _, c in ok], k)
-    else:
-        matches = gallery.search(
-            res.embeddings, k=max(k, rerank.top_k if rerank else 0), candidates=[c for _, c in ok]
-        )
+    load = file_loader(paths, bboxes)
+    matches = rec.match(views, [c for _, c in ok], lambda i: load(views.indices[i]), k) if ok else []
     t_match = time.perf_counter() - t0
-    t_rerank = 0.0
-    if rerank is not None and ok:
-        t0 = time.perf_counter()
-        matches = [
-            _rerank_one(gallery, manifest.resolve(r), r.bbox, m, k, rerank)
-            for (r, _), m in zip(ok, matches, strict=True)
-        ]
-        t_rerank = time.perf_counter() - t0
-    else:
-        matches = [_truncate(m, k) for m in matches]
-    return MatchReport([r for r, _ in ok], matches, failures, res.seconds, t_match, res.embeddings, t_rerank)
-
-
-def _truncate(m: Match, k: int) -> Match:
-    return m if len(m.topk) <= k else dataclasses.replace(m, topk=m.topk[:k])
-
-
-def _match_max_over_views(gallery: Gallery, res, cands: list, k: int) -> list[Match]:
-    """Item score = the max over a query's views (multi-crop pooling by max)."""
-    starts = np.concatenate([[0], np.cumsum(res.n_views)]).astype(np.int64)
-    groups: dict[tuple | None, list[int]] = {}
-    for i, c in enumerate(cands):
-        groups.setdefault(None if c is None else tuple(c), []).append(i)
-    out: list[Match | None] = [None] * len(cands)
-    for c, idx in groups.items():
-        rows = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in idx])
-        view_emb = res.view_embeddings[rows]
-        items, sc = gallery.candidate_scores(view_emb, c) if c else gallery.exact_item_scores(view_emb)
-        pooled = pool_view_scores(sc, res.n_views[idx])
-        for i, m in zip(idx, decide(items, pooled, k, gallery.threshold, gallery.margin), strict=True):
-            out[i] = m
-    return out  # type: ignore[return-value]
-
-
-def _rerank_one(gallery: Gallery, path, bbox, m: Match, k: int, cfg: RerankConfig) -> Match:
-    """Verify the match's top items (or the whole candidate set) geometrically and re-decide."""
-    if not m.topk:
-        return m
-    items = [i for i, _ in m.topk[: cfg.top_k]]  # the embedding's best (within the candidates, if any)
-    emb = np.array([s for _, s in m.topk[: cfg.top_k]], np.float32)
-    try:
-        final = verify_items(gallery, crop_bbox(load_image(path), bbox), items, emb, cfg)
-    except (ImageLoadError, ValueError):
-        return _truncate(m, k)
-    return decide(items, final[None, :], k, gallery.threshold, gallery.margin)[0]
+    return MatchReport([r for r, _ in ok], matches, failures, views.seconds, t_match, views.pooled(), rec.seconds_verify)
 
 
 def write_predictions(path: str | os.PathLike, report: MatchReport) -> Path:

@@ -23,9 +23,9 @@ import cv2
 import numpy as np
 
 from ..gallery import Gallery
-from ..models.embed import embed_arrays, pool_view_embeddings
 from ..models.model import EmbeddingModel
-from .options import QueryOptions, pool_view_scores
+from .options import QueryOptions
+from .pipeline import Recognizer
 from .rerank import RerankConfig
 from .video import FrameSource
 
@@ -317,9 +317,8 @@ class CameraMatcher:
         gallery.check_model(model.fingerprint, "the camera's model")
         self.cfg = cfg or CameraConfig()
         self.candidates = list(dict.fromkeys(candidates)) if candidates else list(gallery.item_ids)
-        gallery.candidate_scores(
-            np.ones((1, gallery.embedding_dim), np.float32), self.candidates
-        )  # unknown ids raise
+        gallery.item_scores(np.ones((1, gallery.embedding_dim), np.float32), self.candidates)  # unknown ids raise
+        self.rec = Recognizer(gallery, model, self.cfg.query, self.cfg.rerank)
         thr = gallery.threshold if self.cfg.threshold is None else self.cfg.threshold
         self.tracker = LabelTracker(self.candidates, self.cfg, thr, one_to_one=bool(candidates))
         self.proposer = Proposer(self.cfg)
@@ -333,24 +332,11 @@ class CameraMatcher:
         t1 = time.perf_counter()
         rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
         crops = [crop(rgb, b, self.cfg.pad) for b in boxes]
-        q = self.cfg.query
-        views = [q.views(c) for c in crops]
-        n_views = [len(v) for v in views]
-        flat = [v for vs in views for v in vs]
-        emb = (
-            embed_arrays(self.model, flat) if flat else np.zeros((0, self.gallery.embedding_dim), np.float32)
-        )
+        views = self.rec.embed_arrays(crops)
         t2 = time.perf_counter()
-        if len(emb):
-            if q.multicrop != "none" and q.pool == "max":
-                _, scores = self.gallery.candidate_scores(emb, self.candidates)
-                scores = pool_view_scores(scores, n_views)
-            else:
-                if q.multicrop != "none":
-                    emb = pool_view_embeddings(emb, n_views)
-                _, scores = self.gallery.candidate_scores(emb, self.candidates)
-            if self.cfg.rerank is not None:
-                scores = self._verify(crops, scores)
+        if crops:
+            _, scores = self.rec.scores(views, range(len(crops)), self.candidates)
+            scores = self.rec.verify(self.candidates, scores, lambda i: crops[i])
         else:
             scores = np.zeros((0, len(self.candidates)), np.float32)
         t3 = time.perf_counter()
@@ -366,15 +352,6 @@ class CameraMatcher:
             crops=float(len(boxes)),
         )
         return events
-
-    def _verify(self, crops: list[np.ndarray], scores: np.ndarray) -> np.ndarray:
-        """Geometric re-ranking of each crop's top candidates (scored as in the gallery's re-ranking)."""
-        from .rerank import verify_items
-
-        out = scores.copy()
-        for i, c in enumerate(crops):
-            out[i] = verify_items(self.gallery, c, self.candidates, scores[i], self.cfg.rerank)
-        return out
 
     def annotate(self, frame_bgr: np.ndarray, fps: float) -> np.ndarray:
         out = frame_bgr.copy()

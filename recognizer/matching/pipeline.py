@@ -1,32 +1,160 @@
-"""Matching images in Python: image files or arrays in, decided matches out.
+"""The one recognition path: views -> embed -> score against the gallery -> verify -> decide.
 
-The gallery itself holds no model (numpy in, numpy out); this is where images meet it: load,
-embed with the gallery's model (checked by fingerprint), then search.
+Every way of matching goes through :class:`Recognizer`: batch matching of a manifest
+(``tools/match.py``), the report (``tools/report.py``), the camera (``tools/camera.py``), the
+demo and Python callers (:func:`match_images`). Each step exists once, so the same image with
+the same settings gets the same answer from every tool:
+
+1. *views*: how a photo is framed (:class:`~.options.QueryOptions`: aspect, zoom, multi-crop);
+2. *embed*: every view of every image through the gallery's model in batches;
+3. *score*: item scores against the gallery, per candidate set (views pooled by mean embedding
+   or by max score);
+4. *verify*: the best items re-scored by geometric verification with the gallery's stored
+   local features (:mod:`.rerank`), when a :class:`~.rerank.RerankConfig` is given;
+5. *decide*: top-k, threshold and margin (:func:`~recognizer.gallery.decide`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..data.imageio import load_image
-from ..gallery import Gallery, Match
-from ..gallery.search import Candidates
-from ..models.embed import embed_arrays
+from ..data.imageio import ImageLoadError, crop_bbox, load_image
+from ..gallery import Gallery, Match, decide
+from ..gallery.search import Candidates, candidate_groups
+from ..models.embed import embed_arrays, embed_paths, pool_view_embeddings
+from .options import QueryOptions, pool_view_scores
+from .rerank import RerankConfig, verify_items
+
+
+@dataclass
+class Views:
+    """Embedded views: ``emb`` holds every view, ``n_views`` how many belong to each image, in order."""
+
+    emb: np.ndarray
+    n_views: np.ndarray
+    failures: list[tuple[int, str]] = field(default_factory=list)  # (image index, reason): not embedded
+    indices: list[int] = field(default_factory=list)  # the images that were, in order
+    seconds: float = 0.0
+
+    def pooled(self) -> np.ndarray:
+        """One embedding per image: the mean over its views (the view itself when there is one)."""
+        return self.emb if (self.n_views == 1).all() else pool_view_embeddings(self.emb, self.n_views)
+
+    def rows_of(self, images: Sequence[int]) -> np.ndarray:
+        """Row indices in ``emb`` of these images' views (positions among the embedded images)."""
+        starts = np.concatenate([[0], np.cumsum(self.n_views)]).astype(np.int64)
+        return np.concatenate([np.arange(starts[i], starts[i + 1]) for i in images]) if len(images) else np.zeros(0, np.int64)
+
+
+@dataclass
+class Recognizer:
+    """A gallery, its model and how to query it: see the module docstring.
+
+    ``exhaustive`` scores every item exactly even in a gallery large enough for the IVF
+    shortlist (evaluation wants every item's rank; deployment wants speed).
+    """
+
+    gallery: Gallery
+    model: Any
+    query: QueryOptions = field(default_factory=QueryOptions)
+    rerank: RerankConfig | None = None
+    exhaustive: bool = False
+    seconds_verify: float = 0.0  # spent in geometric verification so far
+
+    def __post_init__(self) -> None:
+        self.gallery.check_model(self.model.fingerprint, "the matching model")
+
+    # ------------------------------------------------------------------ 1-2: views, embed
+
+    def embed_arrays(self, images: Sequence[np.ndarray]) -> Views:
+        """Embed RGB arrays (camera crops, decoded photos)."""
+        views = [self.query.views(im) for im in images]
+        flat = [v for vs in views for v in vs]
+        emb = embed_arrays(self.model, flat) if flat else np.zeros((0, self.gallery.embedding_dim), np.float32)
+        return Views(emb, np.array([len(v) for v in views], np.int64), indices=list(range(len(images))))
+
+    def embed_paths(self, paths: Sequence[str | os.PathLike], bboxes: Sequence | None = None, **kw: Any) -> Views:
+        """Embed image files with decoding in workers; unreadable files are listed in ``failures``."""
+        res = embed_paths(self.model, paths, bboxes=bboxes, view_fn=self.query.views, **kw)
+        return Views(res.view_embeddings, np.asarray(res.n_views, np.int64), res.failures, list(res.indices), res.seconds)
+
+    # ------------------------------------------------------------------ 3-5: score, verify, decide
+
+    def scores(self, views: Views, images: Sequence[int], candidates: Sequence[str] | None, k: int = 5):
+        """``(items, len(images) x I)`` item scores of these embedded images against one candidate set."""
+        rows = views.rows_of(images)
+        n = views.n_views[list(images)]
+        if self.query.pool == "max" and self.query.multicrop != "none":
+            items, s = self._score(views.emb[rows], candidates, k)
+            return items, pool_view_scores(s, n)
+        emb = pool_view_embeddings(views.emb[rows], n) if (n > 1).any() else views.emb[rows]
+        return self._score(emb, candidates, k)
+
+    def _score(self, emb: np.ndarray, candidates: Sequence[str] | None, k: int):
+        if candidates is None and self.exhaustive:
+            return self.gallery.exact_item_scores(emb)
+        return self.gallery.item_scores(emb, candidates, k=k)
+
+    def verify(self, items: list[str], scores: np.ndarray, image: Callable[[int], np.ndarray | None]) -> np.ndarray:
+        """Re-score each row's best items geometrically (``image(i)`` gives row i's RGB, None if unreadable)."""
+        if self.rerank is None:
+            return scores
+        t0 = time.perf_counter()
+        out = scores.copy()
+        for i in range(len(scores)):
+            rgb = image(i)
+            if rgb is not None:
+                out[i] = verify_items(self.gallery, rgb, items, scores[i], self.rerank)
+        self.seconds_verify += time.perf_counter() - t0
+        return out
+
+    def decide(self, items: list[str], scores: np.ndarray, k: int) -> list[Match]:
+        return decide(items, scores, k, self.gallery.threshold, self.gallery.margin)
+
+    def match(
+        self, views: Views, candidates: Candidates, image: Callable[[int], np.ndarray | None], k: int = 5
+    ) -> list[Match]:
+        """Matches of the embedded images (``candidates`` as in :meth:`Gallery.search`, per embedded image)."""
+        out: list[Match | None] = [None] * len(views.n_views)
+        for cands, idx in candidate_groups(candidates, len(views.n_views)).items():
+            items, s = self.scores(views, idx, cands, max(k, self.rerank.top_k if self.rerank else 0))
+            s = self.verify(items, s, lambda j, idx=idx: image(idx[j]))
+            for i, m in zip(idx, self.decide(items, s, k), strict=True):
+                out[i] = m
+        return out  # type: ignore[return-value]
+
+    def match_arrays(self, images: Sequence[np.ndarray], *, candidates: Candidates = None, k: int = 5) -> list[Match]:
+        """Match RGB arrays."""
+        return self.match(self.embed_arrays(images), candidates, lambda i: images[i], k)
+
+
+def file_loader(paths: Sequence[str | os.PathLike], bboxes: Sequence | None = None) -> Callable[[int], np.ndarray | None]:
+    """``i -> RGB of paths[i]`` (cropped to its bbox), or None when it cannot be read now."""
+
+    def load(i: int) -> np.ndarray | None:
+        try:
+            return crop_bbox(load_image(paths[i]), bboxes[i] if bboxes else None)
+        except (ImageLoadError, ValueError):
+            return None
+
+    return load
 
 
 def match_images(
     gallery: Gallery, model: Any, images: Sequence[str | os.PathLike | np.ndarray], *,
-    candidates: Candidates = None, k: int = 5,
+    candidates: Candidates = None, k: int = 5, query: QueryOptions | None = None, rerank: RerankConfig | None = None,
 ) -> list[Match]:  # fmt: skip
     """Match image files or RGB arrays; ``model`` must have the gallery's fingerprint.
 
     An image that cannot be read raises its :class:`~recognizer.data.imageio.ImageLoadError`.
     ``candidates`` as in :meth:`Gallery.search`.
     """
-    gallery.check_model(model.fingerprint, "the given model")
+    rec = Recognizer(gallery, model, query or QueryOptions(), rerank)
     arrays = [load_image(im) if isinstance(im, (str, os.PathLike)) else im for im in images]
-    return gallery.search(embed_arrays(model, arrays), k=k, candidates=candidates)
+    return rec.match_arrays(arrays, candidates=candidates, k=k)
