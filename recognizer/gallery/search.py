@@ -84,11 +84,17 @@ class Searcher:
             if not items:
                 raise ValueError("an empty candidate set (give None to search the whole gallery)")
             cols = np.array([st.table.col[c] for c in items], dtype=np.int64)
-            hit = (items, st.mode.blocks(st.table, cols))
-            if len(self._blocks) >= 64:
-                self._blocks.pop(next(iter(self._blocks)))
-            self._blocks[key] = hit
+            hit = self._cache(key, (items, st.mode.blocks(st.table, cols)))
         return hit
+
+    def _cache(self, key: tuple, value: tuple[list[str], Blocks]) -> tuple[list[str], Blocks]:
+        """Keep gathered blocks of this generation only (older ones may hold a whole table's copy), 64 at most."""
+        for old in [k for k in self._blocks if k[0] != key[0]]:
+            del self._blocks[old]
+        if len(self._blocks) >= 64:
+            self._blocks.pop(next(iter(self._blocks)))
+        self._blocks[key] = value
+        return value
 
     def candidate_scores(
         self, st: State, q: np.ndarray, cands: tuple[str, ...]
@@ -102,7 +108,7 @@ class Searcher:
         key = (st.generation, st.mode.name, None)
         hit = self._blocks.get(key)
         if hit is None:
-            hit = self._blocks[key] = (st.table.items, st.mode.blocks(st.table, None))
+            hit = self._cache(key, (st.table.items, st.mode.blocks(st.table, None)))
         return item_scores(q, hit[1], st.mode.reduce, st.top_n)
 
     def _gpu(self):
@@ -181,9 +187,10 @@ class Searcher:
         (``None``: exact, or the IVF shortlist for large galleries, where unlisted items score -inf)."""
         if cands is not None:
             return self.candidate_scores(st, q, cands)
+        items = list(st.table.items)  # a copy: the table's own list grows with later enrolments
         if len(st.table) >= self.ann_threshold:
-            return st.table.items, self.ann_scores(st, q, k)
-        return st.table.items, self.full_scores(st, q)
+            return items, self.ann_scores(st, q, k)
+        return items, self.full_scores(st, q)
 
     def search(
         self, st: State, q: np.ndarray, *, k: int, candidates: Candidates, threshold: float, margin: float
