@@ -28,6 +28,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -274,11 +275,13 @@ class GalleryStore:
         if meta.get("format_version") != "1":
             return
         vids, _ = read_segment(self.root / meta["index_file"], int(meta["embedding_dim"]))
+        conn.executescript(_SEGMENTS_SCHEMA + FEATURES_SCHEMA)  # idempotent; executescript commits by itself
         conn.execute("BEGIN IMMEDIATE")
-        conn.executescript(_SEGMENTS_SCHEMA + FEATURES_SCHEMA)
-        if len(vids):
-            conn.execute("INSERT INTO segments VALUES (1, ?, ?, ?, ?)",
-                         (meta["index_file"], len(vids), int(vids.min()), int(vids.max())))  # fmt: skip
+        if len(vids):  # the legacy file keeps its name: its number becomes the segment's id, so new ones follow it
+            m = re.fullmatch(rf"{re.escape(SEGMENT_PREFIX)}(\d+)\.faiss", meta["index_file"])
+            seg = int(m.group(1)) if m else 1
+            conn.execute("INSERT INTO segments VALUES (?, ?, ?, ?, ?)",
+                         (seg, meta["index_file"], len(vids), int(vids.min()), int(vids.max())))  # fmt: skip
         upd = {"format_version": FORMAT_VERSION, "epoch": 0, "items_epoch": 0,
                "next_vid": int(vids.max()) + 1 if len(vids) else 1}  # fmt: skip
         conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in upd.items()])

@@ -316,3 +316,48 @@ TestGalleryMachine = GalleryMachine.TestCase
 TestGalleryMachine.settings = settings(
     max_examples=25, stateful_step_count=12, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
+
+
+def _format_1_gallery(root, vecs: np.ndarray, items: list[str]) -> None:
+    """A gallery as the format-1 code wrote it: one ``vectors.<generation>.faiss`` rewritten at every commit."""
+    import json
+    import sqlite3
+
+    import faiss
+
+    root.mkdir(parents=True)
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(DIM))
+    index.add_with_ids(vecs, np.arange(1, len(vecs) + 1, dtype=np.int64))
+    faiss.write_index(index, str(root / "vectors.7.faiss"))
+    conn = sqlite3.connect(root / "gallery.sqlite")
+    conn.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "CREATE TABLE items (item_id TEXT PRIMARY KEY, name TEXT NOT NULL, attributes TEXT NOT NULL DEFAULT '{}', created REAL NOT NULL);"
+        "CREATE TABLE vectors (vid INTEGER PRIMARY KEY, item_id TEXT NOT NULL REFERENCES items(item_id), path TEXT NOT NULL, sha256 TEXT NOT NULL UNIQUE, added REAL NOT NULL);"
+    )  # fmt: skip
+    desc = {"fingerprint": "fp", "embedding_dim": DIM, "preprocess": {"input_size": 64}, "config": {"backbone": "lite0"}}
+    meta = {"format_version": 1, "model_fingerprint": "fp", "model_description": json.dumps(desc), "model_spec": "",
+            "embedding_dim": DIM, "generation": 7, "index_file": "vectors.7.faiss", "threshold": 0.0, "margin": 0.0,
+            "score_mode": "max", "top_n": 3, "created": 0}  # fmt: skip
+    conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in meta.items()])
+    conn.executemany("INSERT INTO items VALUES (?, ?, '{}', 0)", [(it, it) for it in dict.fromkeys(items)])
+    conn.executemany("INSERT INTO vectors VALUES (?, ?, '', ?, 0)", [(i + 1, it, f"h{i}") for i, it in enumerate(items)])
+    conn.commit()
+    conn.close()
+
+
+def test_a_format_1_gallery_is_read_then_upgraded_by_its_first_writer(tmp_path):
+    rng = np.random.default_rng(3)
+    old = _unit(rng, 3)
+    _format_1_gallery(tmp_path / "g", old, ["a", "a", "b"])
+    g = Gallery.open(tmp_path / "g")
+    assert g.item_ids == ["a", "b"] and g.search(old[2:], k=1)[0].item_id == "b"  # read as it is
+    for k in range(10):  # past the legacy file's number: new segments must not reuse its name
+        g.add([f"n{k}"], _unit(rng, 1))
+    g = Gallery.open(tmp_path / "g")
+    g.verify()
+    assert len(g) == 13 and g.meta["format_version"] == "2"
+    np.testing.assert_allclose(g.vectors_of("a"), old[:2], atol=1e-6)  # the legacy vectors survived
+    assert all(m.item_id == it for m, it in zip(g.search(old, k=1), ["a", "a", "b"], strict=True))
+    g.compact()
+    assert Gallery.open(tmp_path / "g").verify()["vectors"] == 13 and len(g.segment_files()) == 1
