@@ -16,6 +16,7 @@ from .data.imageio import ImageLoadError, crop_bbox, load_image
 from .data.manifest import Manifest, ManifestRow, format_skipped
 from .fileio import file_sha256
 from .gallery import Gallery
+from .matching.options import parse_view
 from .matching.rerank import extract
 from .models.embed import embed_paths
 from .models.model import EmbeddingModel
@@ -54,11 +55,14 @@ def enroll_files(
     chunk: int = 512,
     progress: bool = True,
     local_features: str | None = None,
+    views: Sequence[str] | None = None,
 ) -> EnrollReport:
     """Enroll ``(item_id, path, bbox)`` entries; ``where`` strings in the report are the paths.
 
     Identical files (same SHA-256) already in the gallery, or repeated here, are skipped.
-    Each chunk of ``chunk`` images is one atomic commit.
+    Each chunk of ``chunk`` images is one atomic commit. ``views`` (default: the gallery's
+    ``enroll_views`` setting, else ``["whole"]``): one vector per photo and view, e.g.
+    ``["whole", "crop:0.6"]`` so that zoomed queries meet zoomed references.
     """
     return _enroll(
         gallery,
@@ -69,6 +73,7 @@ def enroll_files(
         chunk,
         progress,
         local_features,
+        views,
     )
 
 
@@ -83,8 +88,9 @@ def enroll_manifest(
     chunk: int = 512,
     progress: bool = True,
     local_features: str | None = None,
+    views: Sequence[str] | None = None,
 ) -> EnrollReport:
-    """Enroll manifest rows: by default every row except ``role=query`` ones.
+    """Enroll manifest rows: by default every row except ``role=query`` ones (``views`` as in :func:`enroll_files`).
 
     Rows without an item id are reported, as are the manifest's own bad rows.
     """
@@ -98,15 +104,17 @@ def enroll_manifest(
             pre_failures.append((where, "no item_id"))
             continue
         entries.append((where, r.item_id, manifest.resolve(r), r.bbox))
-    rep = _enroll(gallery, model, entries, batch_size, num_workers, chunk, progress, local_features)
+    rep = _enroll(gallery, model, entries, batch_size, num_workers, chunk, progress, local_features, views)
     rep.failures = pre_failures + rep.failures
     return rep
 
 
 def _enroll(
-    gallery, model, entries, batch_size, num_workers, chunk, progress, local_features=None
+    gallery, model, entries, batch_size, num_workers, chunk, progress, local_features=None, views=None
 ) -> EnrollReport:
     gallery.check_model(model.fingerprint, "the enrolling model")
+    views = list(views or gallery.settings.get("enroll_views") or ["whole"])
+    opts = [parse_view(v) for v in views]  # unknown view names raise before anything is read
     t0 = time.perf_counter()
     rep = EnrollReport()
     hashed = []
@@ -118,54 +126,61 @@ def _enroll(
             continue
         # the same file with another crop is a different enrollment
         hashed.append((where, item, path, bbox, h if bbox is None else f"{h}:{bbox}"))
-    known = gallery.known_hashes([h for *_, h in hashed])
-    todo, seen = [], {}
-    for e in hashed:
-        where, item, _, _, h = e
-        if h in known:
-            rep.duplicates.append((where, known[h]))
-        elif h in seen:
-            rep.duplicates.append((where, seen[h]))
-        else:
-            seen[h] = item
-            todo.append(e)
     bar = None
-    if progress and todo:
+    if progress and hashed:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(todo), desc="enrolling", unit="img")
-    for i in range(0, len(todo), chunk):
-        part = todo[i : i + chunk]
-        res = embed_paths(
-            model, [p for _, _, p, _, _ in part], bboxes=[b for *_, b, _ in part],
-            batch_size=batch_size, num_workers=num_workers,
-        )  # fmt: skip
-        for j, msg in res.failures:
-            rep.failures.append((part[j][0], msg))
-        ok = [part[j] for j in res.indices]
-        if ok:
-            added = gallery.add(
-                [e[1] for e in ok],
-                res.embeddings,
-                paths=[os.path.abspath(e[2]) for e in ok],
-                hashes=[e[4] for e in ok],
-                fingerprint=model.fingerprint,
-            )
-            rep.images_added += added.added
-            rep.items_added += added.new_items
-            rep.duplicates += added.duplicates
-            if local_features:
-                store_features_for(
-                    gallery,
-                    local_features,
-                    [(v, ok[p][2], ok[p][3]) for v, p in zip(added.vids, added.positions, strict=True)],
-                )
-        if bar is not None:
-            bar.update(len(part))
+        bar = tqdm(total=len(hashed) * len(views), desc="enrolling", unit="img")
+    failed: set[str] = set()
+    for v, (name, view) in enumerate(zip(views, opts, strict=True)):
+        # one vector per photo and view; the whole photo keeps the plain content hash
+        todo = _new_entries(gallery, [(*e[:4], e[4] if name == "whole" else f"{e[4]}#{name}") for e in hashed], rep, v == 0)
+        for i in range(0, len(todo), chunk):
+            part = [e for e in todo[i : i + chunk] if e[0] not in failed]
+            res = embed_paths(
+                model, [p for _, _, p, _, _ in part], bboxes=[b for *_, b, _ in part],
+                batch_size=batch_size, num_workers=num_workers, view_fn=None if view.is_default else view.views,
+            )  # fmt: skip
+            for j, msg in res.failures:
+                rep.failures.append((part[j][0], msg))
+                failed.add(part[j][0])
+            ok = [part[j] for j in res.indices]
+            if ok:
+                added = gallery.add(
+                    [e[1] for e in ok], res.embeddings, paths=[os.path.abspath(e[2]) for e in ok],
+                    hashes=[e[4] for e in ok], fingerprint=model.fingerprint,
+                )  # fmt: skip
+                rep.images_added += added.added if v == 0 else 0
+                rep.items_added += added.new_items
+                rep.duplicates += added.duplicates if v == 0 else []
+                if local_features and v == 0:  # keypoints once per photo, on its first view's vector
+                    store_features_for(
+                        gallery,
+                        local_features,
+                        [(vid, ok[p][2], ok[p][3]) for vid, p in zip(added.vids, added.positions, strict=True)],
+                    )
+            if bar is not None:
+                bar.update(len(part))
     if bar is not None:
         bar.close()
     rep.seconds = time.perf_counter() - t0
     return rep
+
+
+def _new_entries(gallery: Gallery, hashed: list, rep: EnrollReport, report: bool) -> list:
+    """The entries whose hash is neither enrolled nor repeated here (``report``: list the others as duplicates)."""
+    known = gallery.known_hashes([h for *_, h in hashed])
+    todo, seen = [], {}
+    for e in hashed:
+        where, item, _, _, h = e
+        dup = known.get(h) or seen.get(h)
+        if dup is not None:
+            if report:
+                rep.duplicates.append((where, dup))
+        else:
+            seen[h] = item
+            todo.append(e)
+    return todo
 
 
 def store_features_for(

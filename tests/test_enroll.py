@@ -245,3 +245,29 @@ def test_grocery_unseen_items_enroll_then_match_within_candidates(tmp_path):
     acc = res.accuracy()
     assert acc["labelled"] == len(queries)
     assert acc["top1"] > 0.35  # within each row's 10 candidates; chance is 0.10
+
+
+def test_enrolment_views_give_one_vector_per_photo_and_view(tmp_path, tiny_catalog, tiny_model):
+    """``views=["whole", "crop:0.6"]``: each photo is also enrolled as the zoomed view queries use; stored in the
+    gallery, so later enrolments use the same views; re-enrolling adds nothing."""
+    from recognizer.data.imageio import load_image
+    from recognizer.matching.options import parse_view
+    from recognizer.models.embed import embed_arrays
+
+    model_dir = tiny_model.save(tmp_path / "model")
+    g, model = open_or_create_gallery(tmp_path / "g", str(model_dir))
+    m = load_manifest(tiny_catalog)
+    rows = m.select(role="gallery")
+    with pytest.raises(ValueError, match="views are whole, crop:ZOOM"):
+        enroll_manifest(g, model, m, rows, progress=False, num_workers=0, views=["whole", "zoom:2"])
+    assert len(g) == 0  # a bad view name fails before anything is stored
+    g.update_settings({"enroll_views": ["whole", "crop:0.6"]})
+    rep = enroll_manifest(g, model, m, rows[:3], progress=False, num_workers=0)
+    assert rep.images_added == 3 and len(g) == 6 and not rep.duplicates
+    img = load_image(m.resolve(rows[0]))
+    want = embed_arrays(model, [img] + parse_view("crop:0.6").views(img))
+    np.testing.assert_allclose(np.sort(g.vectors_of(rows[0].item_id), axis=0), np.sort(want, axis=0), atol=1e-5)
+    again = enroll_manifest(g, model, m, rows[:3], progress=False, num_workers=0)
+    assert again.images_added == 0 and len(again.duplicates) == 3 and len(g) == 6
+    enroll_files(g, model, [(rows[3].item_id, m.resolve(rows[3]), None)], progress=False, num_workers=0)
+    assert len(Gallery.open(g.root).vectors_of(rows[3].item_id)) == 2  # the stored setting was used

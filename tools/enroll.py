@@ -25,6 +25,7 @@ from recognizer.data.imageio import ImageLoadError
 from recognizer.data.manifest import ManifestError, load_manifest
 from recognizer.enroll import backfill_local_features, enroll_files, enroll_manifest
 from recognizer.gallery import SCORE_MODES, Gallery, GalleryError
+from recognizer.matching.options import parse_view
 from recognizer.models.model import ModelLoadError
 from recognizer.session import open_or_create_gallery
 
@@ -63,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         choices=["sift", "orb"],
         help="also store keypoints for geometric re-ranking (new images, and enrolled ones lacking them)",
     )
+    ap.add_argument(
+        "--views",
+        help="comma-separated views to enroll each photo under (whole, crop:ZOOM, squash:ZOOM), e.g. whole,crop:0.6; "
+        "stored in the gallery and used by later enrolments (default: the gallery's, else whole)",
+    )
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--commit-every", type=int, default=512, help="images per atomic commit")
     ap.add_argument("--workers", type=int, help="decoding workers (default: by core count)")
@@ -91,13 +97,22 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"{args.gallery}: {len(g.item_ids)} items, {len(g)} vectors, model {g.fingerprint} "
                       f"({g.model_spec}), threshold {g.threshold:.3f}, margin {g.margin:.3f}, score mode {g.score_mode}")  # fmt: skip
+                print(f"settings: {g.settings or '{}'} (enroll views: {', '.join(g.settings.get('enroll_views', ['whole']))})")
                 s = g.storage()
                 print(f"storage: {s['segments']} segment file(s), {s['stored_rows']} stored vectors, "
                       f"{s['dead_rows']} of them removed (tools/enroll.py --compact drops them)")  # fmt: skip
                 for it in g.items():
                     print(f"  {it.item_id}\t{it.vectors}\t{it.name}")
             return 0
+        views = [v.strip() for v in args.views.split(",") if v.strip()] if args.views else None
+        for v in views or ():
+            parse_view(v)  # a bad name fails before the gallery is touched
         gallery, model = open_or_create_gallery(args.gallery, args.model, **backend_kwargs(args))
+        if views and views != gallery.settings.get("enroll_views", ["whole"]):
+            if len(gallery):
+                print(f"note: {args.gallery} already holds photos enrolled under views "
+                      f"{gallery.settings.get('enroll_views', ['whole'])}; new photos get {views}")  # fmt: skip
+            gallery.update_settings({"enroll_views": views})
         kw = dict(
             batch_size=args.batch_size,
             num_workers=args.workers,

@@ -307,17 +307,22 @@ class Gallery:
             upd["top_n"] = str(int(top_n))
         self._set_meta(upd)
 
+    @property
+    def settings(self) -> dict[str, Any]:
+        """How this gallery is enrolled and queried (e.g. ``enroll_views``), read by every tool; a flag overrides."""
+        return json.loads(self.meta.get("settings", "{}"))
+
+    def update_settings(self, updates: dict[str, Any]) -> None:
+        """Merge ``updates`` (JSON values) into :attr:`settings`."""
+        self.store.update_json("settings", {}, lambda s: {**s, **updates})
+        self.refresh()
+
     def record_export(self, entry: dict[str, Any]) -> bool:
         """Add an accepted export (``entry["sha256"]`` identifies it) to ``accepted_exports``; False if listed."""
-        with self.store.writer() as conn:
-            row = conn.execute("SELECT value FROM meta WHERE key='accepted_exports'").fetchone()
-            listed = json.loads(row[0]) if row else []
-            if any(e.get("sha256") == entry["sha256"] for e in listed):
-                return False
-            self.store.transaction(conn, [("INSERT OR REPLACE INTO meta VALUES ('accepted_exports', ?)",
-                                           (json.dumps([*listed, entry]),))], bump=())  # fmt: skip
+        known = lambda v: any(e.get("sha256") == entry["sha256"] for e in v)  # noqa: E731
+        added = self.store.update_json("accepted_exports", [], lambda v: None if known(v) else [*v, entry])
         self.refresh()
-        return True
+        return added
 
     def _set_meta(self, updates: dict[str, str]) -> None:
         self._write([("UPDATE meta SET value=? WHERE key=?", [(v, k) for k, v in updates.items()])], bump=())
@@ -350,7 +355,9 @@ class Gallery:
         """``(items, Q x I)`` scores as :meth:`search` computes them: against ``candidates``, or the whole
         gallery (IVF-shortlisted when large: items outside the ``k``-driven shortlist score -inf)."""
         cands = None if candidates is None else tuple(candidates)
-        return self.searcher.scores(self._state(), as_queries(queries, self.embedding_dim, self.root), cands, k)
+        return self.searcher.scores(
+            self._state(), as_queries(queries, self.embedding_dim, self.root), cands, k
+        )
 
     def exact_item_scores(self, queries: np.ndarray) -> tuple[list[str], np.ndarray]:
         """Exact ``Q x I`` item scores over the whole gallery, whatever its size (for evaluation)."""

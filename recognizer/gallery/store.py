@@ -31,7 +31,7 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -277,7 +277,9 @@ class GalleryStore:
         vids, _ = read_segment(self.root / meta["index_file"], int(meta["embedding_dim"]))
         conn.executescript(_SEGMENTS_SCHEMA + FEATURES_SCHEMA)  # idempotent; executescript commits by itself
         conn.execute("BEGIN IMMEDIATE")
-        if len(vids):  # the legacy file keeps its name: its number becomes the segment's id, so new ones follow it
+        if len(
+            vids
+        ):  # the legacy file keeps its name: its number becomes the segment's id, so new ones follow it
             m = re.fullmatch(rf"{re.escape(SEGMENT_PREFIX)}(\d+)\.faiss", meta["index_file"])
             seg = int(m.group(1)) if m else 1
             conn.execute("INSERT INTO segments VALUES (?, ?, ?, ?, ?)",
@@ -364,6 +366,21 @@ class GalleryStore:
         sql.append(("INSERT INTO vectors VALUES (?, ?, ?, ?, ?)",
                     [(int(v), it, p, h, now) for v, it, p, h in zip(vids, item_ids, paths, hashes, strict=True)]))  # fmt: skip
         return vids, commit_segment(self, conn, vids, vecs, sql)
+
+    def update_json(self, key: str, empty: Any, update: Callable[[Any], Any]) -> bool:
+        """Read-modify-write the JSON meta value ``key`` under the writer lock (``update`` returns the new
+        value, or None to leave it); True when written."""
+        with self.writer() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+            new = update(json.loads(row[0]) if row else empty)
+            if new is None:
+                return False
+            self.transaction(
+                conn,
+                [("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(new, sort_keys=True)))],
+                bump=(),
+            )
+            return True
 
     def next_vid(self, conn: sqlite3.Connection) -> int:
         return int(conn.execute("SELECT value FROM meta WHERE key='next_vid'").fetchone()[0])

@@ -66,6 +66,25 @@ class QueryOptions:
         return rgb[y0 : y0 + ch, x0 : x0 + cw]
 
 
+def parse_view(spec: str) -> QueryOptions:
+    """A view by name: ``whole`` (the photo squashed to the model's input), ``crop:Z`` (a centred square
+    of Z x the short side) or ``squash:Z`` (the centred Z of each side)."""
+    if spec == "whole":
+        return QueryOptions()
+    aspect, _, zoom = spec.partition(":")
+    try:
+        return QueryOptions(aspect=aspect, zoom=float(zoom))
+    except ValueError as e:
+        raise ValueError(f"view {spec!r}: {e}; views are whole, crop:ZOOM or squash:ZOOM (e.g. crop:0.6)") from None
+
+
+def view_name(opts: QueryOptions) -> str:
+    """The name :func:`parse_view` reads back (single-view options only)."""
+    if opts.multicrop != "none":
+        raise ValueError("a multi-crop query has no single view name")
+    return "whole" if opts.zoom == 1.0 and opts.aspect == "squash" else f"{opts.aspect}:{opts.zoom:g}"
+
+
 def pool_view_scores(scores: np.ndarray, n_views: Sequence[int]) -> np.ndarray:
     """Max item score over each query's views: ``(sum(n_views) x I)`` -> ``(Q x I)``."""
     starts = np.concatenate([[0], np.cumsum(n_views)[:-1]]).astype(np.int64)
