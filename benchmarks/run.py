@@ -14,6 +14,7 @@ Suites (one module each in ``benchmarks/suites/``):
 * ``embedding``: the tools' file-to-embedding path against a bare timm forward, and enrollment.
 * ``scaling``: exact and constrained search time and memory at 10k, 100k and 1M vectors.
 * ``unseen``: top-1 on held-out grocery items under two enrollment protocols (real data).
+* ``enrol_views``: held-out grocery top-1 with each photo enrolled whole, zoomed, or both (real data).
 * ``deploy``: backbone x backend (torch, ONNX fp32, ONNX int8) x input size: images/s, latency,
   MB and grocery-unseen top-1.
 """
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .suites import commit, deploy, embedding, gallery, query_options, scaling, training, unseen
+from .suites import commit, deploy, embedding, enrol_views, gallery, query_options, scaling, training, unseen
 
 SUITES: dict[str, Callable[..., dict[str, Any]]] = {
     "gallery": gallery.run,
@@ -39,6 +40,7 @@ SUITES: dict[str, Callable[..., dict[str, Any]]] = {
     "scaling": scaling.run,
     "unseen": unseen.run,
     "deploy": deploy.run_deploy_table,
+    "enrol_views": enrol_views.run,
 }
 # small sizes per suite, for a smoke run (``--quick``)
 QUICK: dict[str, dict[str, Any]] = {
@@ -50,6 +52,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "scaling": scaling.QUICK,
     "unseen": unseen.QUICK,
     "deploy": deploy.QUICK,
+    "enrol_views": enrol_views.QUICK,
 }
 
 
