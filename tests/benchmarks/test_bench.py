@@ -69,3 +69,21 @@ def test_unknown_suite_names_the_valid_ones(tmp_path):
     with pytest.raises(ValueError, match=r"unknown suite\(s\) \['nope'\]; choose from gallery, commit"):
         run_bench(["gallery", "nope"], tmp_path)
     assert not list(tmp_path.iterdir())  # nothing run, nothing written
+
+
+def test_enrol_views_suite_on_real_photos():
+    """Quick run on 20 held-out grocery queries: one row per enrolment, twice the vectors with two views."""
+    from conftest import shared_path
+
+    from benchmarks.common import MANIFESTS
+    from benchmarks.run import QUICK
+    from benchmarks.suites import enrol_views
+
+    root = shared_path("grocery")
+    doc = enrol_views.run(
+        data_root=root, protocols={"iconic only": str(MANIFESTS / "grocery_unseen.csv")}, **QUICK["enrol_views"]
+    )
+    rows = {r["enrolled_as"]: r for r in doc["rows"]}
+    assert set(rows) == {"whole", "whole+crop:0.6"} and rows["whole"]["queries"] == 20
+    assert rows["whole+crop:0.6"]["vectors"] == 2 * rows["whole"]["vectors"] == 38
+    assert all(0.0 <= r["top1"] <= r["top1_within_candidates"] <= 1.0 for r in rows.values())
