@@ -120,9 +120,10 @@ class Snapshot:
 
 
 def cursor_of(meta: dict[str, str]) -> Cursor:
-    """The cursor of a reader that holds everything up to ``meta``'s commit."""
-    return Cursor(int(meta["generation"]), int(meta.get("epoch", 0)), int(meta.get("items_epoch", 0)),
-                  int(meta.get("next_vid", 0)))  # fmt: skip
+    """The cursor of a reader that holds everything up to ``meta``'s commit (a format-1 state: none that a
+    later, upgraded state could be read incrementally from)."""
+    epoch = int(meta.get("epoch", 0)) if meta.get("format_version") != "1" else -1
+    return Cursor(int(meta["generation"]), epoch, int(meta.get("items_epoch", 0)), int(meta.get("next_vid", 0)))
 
 
 class GalleryStore:

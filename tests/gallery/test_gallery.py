@@ -351,9 +351,12 @@ def test_a_format_1_gallery_is_read_then_upgraded_by_its_first_writer(tmp_path):
     old = _unit(rng, 3)
     _format_1_gallery(tmp_path / "g", old, ["a", "a", "b"])
     g = Gallery.open(tmp_path / "g")
+    reader = Gallery.open(tmp_path / "g")  # opened before the upgrade, refreshed after it
     assert g.item_ids == ["a", "b"] and g.search(old[2:], k=1)[0].item_id == "b"  # read as it is
     for k in range(10):  # past the legacy file's number: new segments must not reuse its name
         g.add([f"n{k}"], _unit(rng, 1))
+    reader.refresh()
+    assert len(reader) == 13 and reader.vectors_of("a").shape == (2, DIM)  # nothing read twice
     g = Gallery.open(tmp_path / "g")
     g.verify()
     assert len(g) == 13 and g.meta["format_version"] == "2"
