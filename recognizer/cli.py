@@ -38,60 +38,64 @@ def backend_kwargs(args) -> dict[str, Any]:
     return {"backend": backend, "onnx": args.onnx, "threads": args.threads}
 
 
-PHOTO_DEFAULTS = {"aspect": "crop", "zoom": 0.6, "rerank": "auto"}
-CAMERA_DEFAULTS = {"aspect": "squash", "zoom": 1.0, "rerank": "none"}
+# Tool defaults; a gallery's stored settings (``Gallery.settings["photo_query"]`` / ``["camera_query"]``,
+# e.g. chosen by calibration or tools/enroll.py --set-photo-query) win over them, and a flag wins over both.
+_COMMON = {"multicrop": "none", "pool": "mean", "rerank_top": 10, "rerank_budget_ms": 1000.0}
+PHOTO_DEFAULTS = {"scope": "photo", "aspect": "crop", "zoom": 0.6, "rerank": "auto", **_COMMON}
+CAMERA_DEFAULTS = {"scope": "camera", "aspect": "squash", "zoom": 1.0, "rerank": "none", **_COMMON}
+_TYPES = {"aspect": str, "zoom": float, "multicrop": str, "pool": str, "rerank": str, "rerank_top": int,
+          "rerank_budget_ms": float}  # fmt: skip
 
 
 def add_query_arguments(parser, defaults: dict | None = None) -> None:
-    """The query-option flags shared by match, report and camera (``defaults``: PHOTO_ or CAMERA_DEFAULTS)."""
+    """The query-option flags shared by match, report and camera (``defaults``: PHOTO_ or CAMERA_DEFAULTS).
+
+    Unset flags fall back to the gallery's stored settings for this kind of query, then to ``defaults``.
+    """
     d = defaults or CAMERA_DEFAULTS
-    g = parser.add_argument_group("query options")
+    parser.set_defaults(query_defaults=d)
+    g = parser.add_argument_group("query options (unset: the gallery's stored settings, else the tool's defaults)")
+    g.add_argument("--aspect", choices=ASPECTS, help=f"crop: aspect-preserving centre square (default {d['aspect']})")
+    g.add_argument("--zoom", type=float, help=f"keep the centre ZOOM x the short side (default {d['zoom']}; 1 = whole)")
+    g.add_argument("--multicrop", choices=MULTICROPS, help="grid: full + centre + 2x2 views (default none)")
+    g.add_argument("--crop-pool", dest="pool", choices=POOLS, help="combine views by mean embedding or max score")
     g.add_argument(
-        "--aspect",
-        choices=ASPECTS,
-        default=d["aspect"],
-        help=f"crop: aspect-preserving centre square (default {d['aspect']})",
-    )
-    g.add_argument(
-        "--zoom",
-        type=float,
-        default=d["zoom"],
-        help=f"keep the centre ZOOM x the short side (default {d['zoom']}; 1 = whole)",
-    )
-    g.add_argument(
-        "--multicrop",
-        choices=MULTICROPS,
-        default="none",
-        help="grid: full + centre + 2x2 views (default none)",
-    )
-    g.add_argument(
-        "--crop-pool", choices=POOLS, default="mean", help="combine views by mean embedding or max score"
-    )
-    g.add_argument(
-        "--rerank",
-        choices=(*METHODS, "auto", "none"),
-        default=d["rerank"],
+        "--rerank", choices=(*METHODS, "auto", "none"),
         help="verify the top items geometrically: sift, orb (faster), auto (whichever features the gallery "
         f"stores, else none) or none (default {d['rerank']})",
-    )
-    g.add_argument("--rerank-top", type=int, default=10, help="items verified per query")
-    g.add_argument(
-        "--rerank-budget-ms", type=float, default=1000.0, help="verification time budget per query"
-    )
+    )  # fmt: skip
+    g.add_argument("--rerank-top", type=int, help="items verified per query (default 10)")
+    g.add_argument("--rerank-budget-ms", type=float, help="verification time budget per query (default 1000)")
+
+
+def parse_query_settings(text: str) -> dict[str, Any]:
+    """``aspect=crop,zoom=0.6,rerank=sift`` -> a validated settings dict (for ``Gallery.settings``)."""
+    out: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or key not in _TYPES:
+            raise ValueError(f"query setting {part!r}: use KEY=VALUE with KEY one of {', '.join(_TYPES)}")
+        out[key] = _TYPES[key](value)
+    QueryOptions(**{k: out[k] for k in ("aspect", "zoom", "multicrop", "pool") if k in out})  # raises on bad values
+    if out.get("rerank", "none") not in (*METHODS, "auto", "none"):
+        raise ValueError(f"rerank {out['rerank']!r} is not one of {', '.join((*METHODS, 'auto', 'none'))}")
+    return out
 
 
 def options_from_args(args, gallery=None):
-    """``(QueryOptions, RerankConfig or None)`` from :func:`add_query_arguments` flags.
+    """``(QueryOptions, RerankConfig or None)``: each setting from its flag, else the gallery's stored
+    settings for this kind of query, else the tool's defaults.
 
-    ``--rerank auto`` picks the method whose features ``gallery`` stores (SIFT first).
+    ``rerank auto`` picks the method whose features ``gallery`` stores (SIFT first).
     """
-    opts = QueryOptions(aspect=args.aspect, zoom=args.zoom, multicrop=args.multicrop, pool=args.crop_pool)
-    method = args.rerank
+    d = args.query_defaults
+    stored = gallery.settings.get(f"{d['scope']}_query", {}) if gallery is not None else {}
+    v = {k: getattr(args, k) if getattr(args, k) is not None else stored.get(k, d[k]) for k in _TYPES}
+    opts = QueryOptions(aspect=v["aspect"], zoom=v["zoom"], multicrop=v["multicrop"], pool=v["pool"])
+    method = v["rerank"]
     if method == "auto":
-        stored = gallery.features.methods() if gallery is not None else []
-        method = next((m for m in METHODS if m in stored), "none")
+        stored_feats = gallery.features.methods() if gallery is not None else []
+        method = next((m for m in METHODS if m in stored_feats), "none")
     if method == "none":
         return opts, None
-    return opts, RerankConfig(method=method, top_k=args.rerank_top, budget_ms=args.rerank_budget_ms)
-
-
+    return opts, RerankConfig(method=method, top_k=v["rerank_top"], budget_ms=v["rerank_budget_ms"])

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from recognizer.cli import add_backend_arguments, backend_kwargs
+from recognizer.cli import add_backend_arguments, backend_kwargs, parse_query_settings
 from recognizer.data.imageio import ImageLoadError
 from recognizer.data.manifest import ManifestError, load_manifest
 from recognizer.enroll import backfill_local_features, enroll_files, enroll_manifest
@@ -51,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         help="rewrite the vector segments as one, dropping removed items' vectors (also done automatically "
         "when a quarter of the stored vectors are removed ones, unless --no-compact)",
     )  # fmt: skip
+    for kind in ("photo", "camera"):
+        what.add_argument(
+            f"--set-{kind}-query", metavar="KEY=VALUE,...",
+            help=f"store how {kind} queries are framed and verified (aspect, zoom, multicrop, pool, rerank, rerank_top, "
+            f"rerank_budget_ms), e.g. aspect=crop,zoom=0.6,rerank=sift; the {kind} tools use it unless a flag says otherwise",
+        )  # fmt: skip
     ap.add_argument("--no-compact", action="store_true", help="never compact automatically")
     ap.add_argument("--set-margin", type=float, help="with --set-threshold: margin over the second-best item")
     ap.add_argument("--images", nargs="+", help="with --item: image files")
@@ -78,9 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.item and not args.images:
         ap.error("--item needs --images")
     try:
-        if args.list or args.remove or args.compact or args.set_threshold is not None or args.set_score_mode:
+        query_settings = {f"{k}_query": parse_query_settings(s) for k in ("photo", "camera")
+                          if (s := getattr(args, f"set_{k}_query"))}  # fmt: skip
+        if args.list or args.remove or args.compact or args.set_threshold is not None or args.set_score_mode or query_settings:
             g = Gallery.open(args.gallery)
-            if args.remove:
+            if query_settings:
+                g.update_settings({k: {**g.settings.get(k, {}), **v} for k, v in query_settings.items()})
+                print(f"settings: {g.settings}")
+            elif args.remove:
                 n = g.remove_item(args.remove)
                 print(f"removed item {args.remove!r} ({n} vectors); {len(g.item_ids)} items left")
                 _auto_compact(g, args)

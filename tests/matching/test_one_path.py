@@ -81,3 +81,24 @@ def test_settings_change_the_answer_the_same_way_everywhere(setup):
     a = [m.score for m in match_images(g, model, images, query=QUERY)]
     b = [m.score for m in match_images(g, model, images, query=QueryOptions())]
     assert not np.allclose(a, b, atol=1e-4)
+
+
+def test_tools_read_the_gallerys_query_settings_and_a_flag_overrides_them(setup):
+    g, _, images, _, tmp = setup
+    base = ["tools/match.py", "--gallery", str(g.root), *images[:3], "--rerank", "none"]
+    explicit = _tool(*base, "--aspect", "squash", "--zoom", "1", "--out", str(tmp / "explicit.csv"))
+    tool_default = _tool(*base, "--out", str(tmp / "default.csv"))  # crop, zoom 0.6
+    assert explicit.returncode == tool_default.returncode == 0
+    r = _tool("tools/enroll.py", "--gallery", str(g.root), "--set-photo-query", "aspect=squash,zoom=1.0")
+    assert r.returncode == 0 and "'photo_query': {'aspect': 'squash', 'zoom': 1.0}" in r.stdout, r.stdout + r.stderr
+    runs = [_tool(*base, "--out", str(tmp / "stored.csv")),
+            _tool(*base, "--aspect", "crop", "--zoom", "0.6", "--out", str(tmp / "overridden.csv"))]  # fmt: skip
+    assert [r.returncode for r in runs] == [0, 0], [r.stderr for r in runs]
+    assert _preds(tmp / "stored.csv") == _preds(tmp / "explicit.csv") != _preds(tmp / "default.csv")
+    assert _preds(tmp / "overridden.csv") == _preds(tmp / "default.csv")
+    bad = _tool("tools/enroll.py", "--gallery", str(g.root), "--set-photo-query", "zoom=7")
+    assert bad.returncode == 2 and "zoom must be in [0.1, 1.0]" in bad.stderr
+    bad = _tool("tools/enroll.py", "--gallery", str(g.root), "--set-photo-query", "zooom=0.5")
+    assert bad.returncode == 2 and "KEY one of aspect, zoom" in bad.stderr
+    assert Gallery.open(g.root).settings == {"photo_query": {"aspect": "squash", "zoom": 1.0}}
+    _tool("tools/enroll.py", "--gallery", str(g.root), "--set-photo-query", "aspect=crop,zoom=0.6")  # as before
