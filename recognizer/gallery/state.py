@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import GalleryCorruptError
 from .segments import read_segments
-from .store import GalleryStore, Snapshot, cursor_of
+from .store import Cursor, GalleryStore, Snapshot, cursor_of
 from .vectors import VectorTable
 
 
@@ -27,15 +27,7 @@ class GalleryState:
 
     def load(self) -> None:
         """Read one committed state in full (retrying when a writer merged a segment away meanwhile)."""
-        for attempt in range(5):
-            try:
-                snap = self.store.read()
-                ids, vecs = read_segments(self.store.root, snap.segments, int(snap.meta["embedding_dim"]))
-                break
-            except FileNotFoundError:
-                if attempt == 4:
-                    raise
-                time.sleep(0.05 * (attempt + 1))
+        snap, ids, vecs = _retrying(lambda: self._read(None))
         items = [r[1] for r in snap.items]
         self.item_info = {r[1]: (r[2], r[3]) for r in snap.items}
         vids, cols, vecs = self._rows(snap, ids, vecs, {it: j for j, it in enumerate(items)})
@@ -46,6 +38,14 @@ class GalleryState:
             empty = [items[j] for j in np.nonzero(self.table.counts == 0)[0][:5]]
             raise GalleryCorruptError(f"{self.store.root}: item(s) without vectors: {empty}")
         self.installed(snap.meta)
+
+    def _read(self, since: Cursor | None) -> tuple[Snapshot, np.ndarray, np.ndarray]:
+        """One snapshot and the segment rows it needs (for an incremental one, only those added since)."""
+        snap = self.store.read(since)
+        if since is not None and snap.full:
+            return snap, np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)  # the caller loads in full
+        min_vid = 0 if since is None else since.next_vid
+        return snap, *read_segments(self.store.root, snap.segments, int(snap.meta["embedding_dim"]), min_vid)
 
     def _rows(self, snap: Snapshot, ids: np.ndarray, vecs: np.ndarray, col: dict[str, int]):
         """The snapshot's live rows among the segment rows ``ids``: ``(vids, item columns, vectors)``."""
@@ -76,18 +76,10 @@ class GalleryState:
 
     def refresh(self) -> bool:
         """Catch up with other processes' commits (reading only what they added); True when vectors changed."""
-        for attempt in range(5):
-            try:
-                snap = self.store.read(self.cursor)
-                if snap.full:
-                    self.load()
-                    return True
-                ids, vecs = read_segments(self.store.root, snap.segments, self.dim, self.cursor.next_vid)
-                break
-            except FileNotFoundError:
-                if attempt == 4:
-                    raise
-                time.sleep(0.05 * (attempt + 1))
+        snap, ids, vecs = _retrying(lambda: self._read(self.cursor))
+        if snap.full:
+            self.load()
+            return True
         if snap.items_full:
             self.item_info = {}
         self.item_info.update({r[1]: (r[2], r[3]) for r in snap.items})
@@ -111,3 +103,14 @@ class GalleryState:
         self.table = self.table.without_items([self.table.col[item_id]])
         del self.item_info[item_id]
         self.installed(meta)
+
+
+def _retrying(read):
+    """``read()``, again after a short wait when a writer merged a segment away between its two reads."""
+    for attempt in range(5):
+        try:
+            return read()
+        except FileNotFoundError:
+            if attempt == 4:
+                raise
+            time.sleep(0.05 * (attempt + 1))

@@ -131,12 +131,10 @@ class VectorTable:
 
     def prototypes(self, cols: np.ndarray | None = None) -> np.ndarray:
         """Normalised mean vector of each item (all items when ``cols`` is None; cached for all)."""
-        if cols is not None:
-            mat, counts = self.gather(cols)
-            return normalize_rows(np.add.reduceat(mat, block_starts(counts), axis=0)) if len(mat) else mat
-        if self._protos is None:
-            mat, counts = self.gather(None)
-            self._protos = (
-                normalize_rows(np.add.reduceat(mat, block_starts(counts), axis=0)) if len(mat) else mat
-            )
-        return self._protos
+        if cols is None and self._protos is not None:
+            return self._protos
+        mat, counts = self.gather(cols)
+        protos = normalize_rows(np.add.reduceat(mat, block_starts(counts), axis=0)) if len(mat) else mat
+        if cols is None:
+            self._protos = protos
+        return protos
