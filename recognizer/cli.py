@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from .matching.options import ASPECTS, MULTICROPS, POOLS, QueryOptions
-from .matching.rerank import METHODS, RerankConfig
+from .matching.options import ASPECTS, MULTICROPS, POOLS
+from .matching.rerank import METHODS
+from .matching.settings import (  # noqa: F401  (re-exported for the tools)
+    CAMERA_DEFAULTS,
+    PHOTO_DEFAULTS,
+    SETTING_TYPES,
+    parse_query_settings,
+    resolve_query,
+)
 from .models.onnx import BACKENDS
 
 
@@ -38,15 +45,6 @@ def backend_kwargs(args) -> dict[str, Any]:
     return {"backend": backend, "onnx": args.onnx, "threads": args.threads}
 
 
-# Tool defaults; a gallery's stored settings (``Gallery.settings["photo_query"]`` / ``["camera_query"]``,
-# e.g. chosen by calibration or tools/enroll.py --set-photo-query) win over them, and a flag wins over both.
-_COMMON = {"multicrop": "none", "pool": "mean", "rerank_top": 10, "rerank_budget_ms": 1000.0}
-PHOTO_DEFAULTS = {"scope": "photo", "aspect": "crop", "zoom": 0.6, "rerank": "auto", **_COMMON}
-CAMERA_DEFAULTS = {"scope": "camera", "aspect": "squash", "zoom": 1.0, "rerank": "none", **_COMMON}
-_TYPES = {"aspect": str, "zoom": float, "multicrop": str, "pool": str, "rerank": str, "rerank_top": int,
-          "rerank_budget_ms": float}  # fmt: skip
-
-
 def add_query_arguments(parser, defaults: dict | None = None) -> None:
     """The query-option flags shared by match, report and camera (``defaults``: PHOTO_ or CAMERA_DEFAULTS).
 
@@ -68,34 +66,8 @@ def add_query_arguments(parser, defaults: dict | None = None) -> None:
     g.add_argument("--rerank-budget-ms", type=float, help="verification time budget per query (default 1000)")
 
 
-def parse_query_settings(text: str) -> dict[str, Any]:
-    """``aspect=crop,zoom=0.6,rerank=sift`` -> a validated settings dict (for ``Gallery.settings``)."""
-    out: dict[str, Any] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = part.partition("=")
-        if not sep or key not in _TYPES:
-            raise ValueError(f"query setting {part!r}: use KEY=VALUE with KEY one of {', '.join(_TYPES)}")
-        out[key] = _TYPES[key](value)
-    QueryOptions(**{k: out[k] for k in ("aspect", "zoom", "multicrop", "pool") if k in out})  # raises on bad values
-    if out.get("rerank", "none") not in (*METHODS, "auto", "none"):
-        raise ValueError(f"rerank {out['rerank']!r} is not one of {', '.join((*METHODS, 'auto', 'none'))}")
-    return out
-
-
 def options_from_args(args, gallery=None):
     """``(QueryOptions, RerankConfig or None)``: each setting from its flag, else the gallery's stored
-    settings for this kind of query, else the tool's defaults.
-
-    ``rerank auto`` picks the method whose features ``gallery`` stores (SIFT first).
-    """
+    settings for this kind of query, else the tool's defaults (:func:`~.matching.settings.resolve_query`)."""
     d = args.query_defaults
-    stored = gallery.settings.get(f"{d['scope']}_query", {}) if gallery is not None else {}
-    v = {k: getattr(args, k) if getattr(args, k) is not None else stored.get(k, d[k]) for k in _TYPES}
-    opts = QueryOptions(aspect=v["aspect"], zoom=v["zoom"], multicrop=v["multicrop"], pool=v["pool"])
-    method = v["rerank"]
-    if method == "auto":
-        stored_feats = gallery.features.methods() if gallery is not None else []
-        method = next((m for m in METHODS if m in stored_feats), "none")
-    if method == "none":
-        return opts, None
-    return opts, RerankConfig(method=method, top_k=v["rerank_top"], budget_ms=v["rerank_budget_ms"])
+    return resolve_query(gallery, d["scope"], {k: getattr(args, k) for k in SETTING_TYPES})
