@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 from .matching.options import ASPECTS, MULTICROPS, POOLS
@@ -57,12 +58,18 @@ def add_query_arguments(parser, defaults: dict | None = None) -> None:
     g.add_argument("--zoom", type=float, help=f"keep the centre ZOOM x the short side (default {d['zoom']}; 1 = whole)")
     g.add_argument("--multicrop", choices=MULTICROPS, help="grid: full + centre + 2x2 views (default none)")
     g.add_argument("--crop-pool", dest="pool", choices=POOLS, help="combine views by mean embedding or max score")
+    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="also embed the mirror image and average (default: the gallery's setting, else off)")
+    g.add_argument("--colour", type=float, metavar="W",
+                   help="add W x the colour-histogram affinity to the best items' scores (default: the gallery's, else 0)")
     g.add_argument(
         "--rerank", choices=(*METHODS, "auto", "none"),
         help="verify the top items geometrically: sift, orb (faster), auto (whichever features the gallery "
         f"stores, else none) or none (default {d['rerank']})",
     )  # fmt: skip
     g.add_argument("--rerank-top", type=int, help="items verified per query (default 10)")
+    g.add_argument("--rerank-per-item", type=int, help="enrolled photos verified per item (default 3)")
+    g.add_argument("--rerank-min-inliers", type=int, help="inliers from which verification counts (default 15)")
     g.add_argument("--rerank-budget-ms", type=float, help="verification time budget per query (default 1000)")
 
 

@@ -59,7 +59,7 @@ def test_enroll_manifest_skips_bad_rows_and_duplicates(tmp_path, tiny_catalog, t
     # enrolling again adds nothing: identical images are skipped
     rep2 = enroll_manifest(g, model, load_manifest(tiny_catalog), progress=False, num_workers=0)
     assert rep2.images_added == 0 and len(rep2.duplicates) == 8
-    assert len(Gallery.open(g.root)) == 8
+    assert len(Gallery.open(g.root)) == 16  # each photo whole and as the centre crop (the default views)
 
 
 def test_match_honours_row_candidates_and_reports_unknown_ids(tmp_path, small_gallery, tiny_catalog):
@@ -146,7 +146,7 @@ def test_enroll_and_match_tools_end_to_end(tmp_path, tiny_catalog, tiny_model):
     assert out.returncode == 0, out.stderr
     assert "enrolled 1 image(s)" in out.stdout and "skipped 1 identical" in out.stdout
     out = _run("tools/enroll.py", "--gallery", str(gal), "--list")
-    assert "item0001\t2\tItem one" in out.stdout
+    assert "item0001\t4\tItem one" in out.stdout  # 2 photos x 2 views
     out = _run("tools/enroll.py", "--gallery", str(gal), "--set-threshold", "0.5", "--set-margin", "0.01")
     assert "threshold 0.5000, margin 0.0100" in out.stdout
     out = _run("tools/enroll.py", "--gallery", str(gal), "--set-score-mode", "probe")

@@ -8,6 +8,12 @@
   python tools/enroll.py --gallery G --set-threshold 0.6 [--set-margin 0.02]
   python tools/enroll.py --gallery G --set-score-mode probe
   python tools/enroll.py --gallery G --manifest items.csv --backend onnx --onnx export/model.onnx
+  python tools/enroll.py --gallery G --calibrate
+
+An enrolment that changed the gallery ends with a self-calibration (unless --no-calibrate): the
+gallery measures, on pseudo-queries made from its own photos (held-out photos; synthetic views of
+one-photo items), which query view, score mode, re-ranking and open-set threshold work best for it,
+and stores them; match, report and camera use them unless a flag says otherwise.
 
 A new gallery is created for --model (default: off-the-shelf lite0). An existing gallery
 uses its own model; a --model with other weights is refused. --backend onnx embeds with
@@ -23,11 +29,13 @@ import sys
 from recognizer.cli import add_backend_arguments, backend_kwargs, parse_query_settings
 from recognizer.data.imageio import ImageLoadError
 from recognizer.data.manifest import ManifestError, load_manifest
-from recognizer.enroll import backfill_local_features, enroll_files, enroll_manifest
+from recognizer.enroll import DEFAULT_LOCAL_FEATURES, backfill_local_features, enroll_files, enroll_manifest
 from recognizer.gallery import SCORE_MODES, Gallery, GalleryError
+from recognizer.matching.calibrate import calibrate
+from recognizer.matching.cues import COLOUR_METHOD
 from recognizer.matching.options import parse_view
 from recognizer.models.model import ModelLoadError
-from recognizer.session import open_or_create_gallery
+from recognizer.session import load_gallery_embedder, open_or_create_gallery
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         "vector), probe (prototypes refined on the enrolled photos; best with several photos per item)",
     )  # fmt: skip
     what.add_argument(
+        "--calibrate", action="store_true",
+        help="measure and store the gallery's query settings now (done after every enrolment unless --no-calibrate)",
+    )  # fmt: skip
+    what.add_argument(
         "--compact", action="store_true",
         help="rewrite the vector segments as one, dropping removed items' vectors (also done automatically "
         "when a quarter of the stored vectors are removed ones, unless --no-compact)",
@@ -58,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             f"rerank_budget_ms), e.g. aspect=crop,zoom=0.6,rerank=sift; the {kind} tools use it unless a flag says otherwise",
         )  # fmt: skip
     ap.add_argument("--no-compact", action="store_true", help="never compact automatically")
+    ap.add_argument("--no-calibrate", action="store_true", help="keep the stored query settings after enrolling")
     ap.add_argument("--set-margin", type=float, help="with --set-threshold: margin over the second-best item")
     ap.add_argument("--images", nargs="+", help="with --item: image files")
     ap.add_argument("--name", help="with --item: display name")
@@ -67,8 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--local-features",
-        choices=["sift", "orb"],
-        help="also store keypoints for geometric re-ranking (new images, and enrolled ones lacking them)",
+        choices=["sift", "orb", "none"],
+        default=DEFAULT_LOCAL_FEATURES,
+        help="keypoints stored for geometric re-ranking (new images, and enrolled ones lacking them): "
+        f"sift (default: {DEFAULT_LOCAL_FEATURES}), orb (faster) or none",
     )
     ap.add_argument(
         "--views",
@@ -86,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         query_settings = {f"{k}_query": parse_query_settings(s) for k in ("photo", "camera")
                           if (s := getattr(args, f"set_{k}_query"))}  # fmt: skip
+        if args.calibrate:
+            g = Gallery.open(args.gallery)
+            _calibrate(g, load_gallery_embedder(g, args.model, **backend_kwargs(args)))
+            return 0
         if args.list or args.remove or args.compact or args.set_threshold is not None or args.set_score_mode or query_settings:
             g = Gallery.open(args.gallery)
             if query_settings:
@@ -138,18 +157,31 @@ def main(argv: list[str] | None = None) -> int:
             if args.name and args.item in gallery:
                 gallery.set_item(args.item, name=args.name)
         print(report.summary(gallery))
-        if args.local_features:
-            n = backfill_local_features(gallery, args.local_features, progress=not args.no_progress)
-            print(
-                f"{args.local_features} features stored for {n} earlier image(s)"
-                if n
-                else f"{args.local_features} features: up to date"
-            )
+        for method in [m for m in (args.local_features, COLOUR_METHOD) if m != "none"]:
+            n = backfill_local_features(gallery, method, progress=not args.no_progress)
+            if n:
+                print(f"{method} features stored for {n} earlier image(s)")
         _auto_compact(gallery, args)
+        if report.images_added and not args.no_calibrate:
+            if len(gallery.item_ids) >= 2:
+                _calibrate(gallery, model)
+            else:
+                print("calibration: needs at least 2 items (skipped)")
         return 0 if report.images_added or not report.failures else 1
     except (GalleryError, ManifestError, ModelLoadError, ImageLoadError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def _calibrate(g: Gallery, model) -> None:
+    try:
+        cal = calibrate(g, model)
+    except ValueError as e:
+        print(f"calibration skipped: {e}")
+        return
+    cal.apply(g)
+    print(cal.summary())
+    print(f"stored: photo_query {g.settings['photo_query']}, score mode {g.score_mode}, threshold {g.threshold:.3f}")
 
 
 def _auto_compact(g: Gallery, args: argparse.Namespace, dead_share: float = 0.25) -> None:

@@ -79,6 +79,25 @@ def read_features(
     return out
 
 
+def read_vector_features(store: GalleryStore, vids: Sequence[int], method: str) -> dict[int, Features]:
+    """Stored features of these vectors (those that have them)."""
+    out: dict[int, Features] = {}
+    vids = [int(v) for v in vids]
+    with store.reading() as conn:
+        for i in range(0, len(vids), 500):
+            chunk = vids[i : i + 500]
+            try:
+                rows = conn.execute(
+                    f"SELECT vid, kp, descriptors, dtype, dim FROM local_features WHERE method=? "
+                    f"AND vid IN ({','.join('?' * len(chunk))})", (method, *chunk),
+                ).fetchall()  # fmt: skip
+            except sqlite3.OperationalError:  # no feature table yet
+                return out
+            for vid, kp, d, dt, dim in rows:
+                out[int(vid)] = (np.frombuffer(kp, np.float32).reshape(-1, 2), np.frombuffer(d, np.dtype(dt)).reshape(-1, dim))
+    return out
+
+
 def feature_methods(store: GalleryStore) -> list[str]:
     """The local-feature methods stored for at least one vector."""
     with store.reading() as conn:
@@ -89,16 +108,19 @@ def feature_methods(store: GalleryStore) -> list[str]:
 
 
 def vectors_without(store: GalleryStore, method: str) -> list[tuple[int, str]]:
-    """``(vid, source path)`` of vectors that have no stored features of ``method``."""
+    """``(vid, source path)`` of vectors that have no stored features of ``method``.
+
+    Only each photo's first view is listed: its other views (``sha256`` ``...#view``) share its keypoints.
+    """
     with store.reading() as conn:
         try:
             cur = conn.execute(
                 "SELECT v.vid, v.path FROM vectors v LEFT JOIN local_features f ON f.vid=v.vid AND f.method=? "
-                "WHERE f.vid IS NULL ORDER BY v.vid",
+                "WHERE f.vid IS NULL AND instr(v.sha256, '#') = 0 ORDER BY v.vid",
                 (method,),
             )
         except sqlite3.OperationalError:
-            cur = conn.execute("SELECT vid, path FROM vectors ORDER BY vid")
+            cur = conn.execute("SELECT vid, path FROM vectors WHERE instr(sha256, '#') = 0 ORDER BY vid")
         return [(int(v), p) for v, p in cur]
 
 
@@ -120,6 +142,10 @@ class LocalFeatures:
         for it, feats in (read_features(self.store, missing, method, per_item) if missing else {}).items():
             self._cache[(*key, it)] = feats
         return {it: self._cache[(*key, it)] for it in items}
+
+    def of_vectors(self, vids: Sequence[int], method: str) -> dict[int, Features]:
+        """Stored features of these vector ids (those that have them)."""
+        return read_vector_features(self.store, vids, method)
 
     def methods(self) -> list[str]:
         """The methods stored for at least one vector."""

@@ -31,7 +31,7 @@ from .errors import (
 )
 from .features import LocalFeatures
 from .scoring import SCORE_MODES, Match, get_score_mode, normalize_rows
-from .search import Candidates, Searcher, State, as_queries
+from .search import Candidates, Searcher, State, as_queries, variant_state
 from .state import GalleryState
 from .store import DB_FILE, GalleryStore, storable
 
@@ -359,9 +359,13 @@ class Gallery:
             self._state(), as_queries(queries, self.embedding_dim, self.root), cands, k
         )
 
-    def exact_item_scores(self, queries: np.ndarray) -> tuple[list[str], np.ndarray]:
-        """Exact ``Q x I`` item scores over the whole gallery, whatever its size (for evaluation)."""
-        st = self._state()
+    def exact_item_scores(self, queries: np.ndarray, *, without_vids: Sequence[int] = (),
+                          score_mode: str | None = None) -> tuple[list[str], np.ndarray]:  # fmt: skip
+        """Exact ``Q x I`` item scores over the whole gallery, whatever its size (for evaluation).
+
+        ``without_vids``, ``score_mode``: see :func:`~.search.variant_state` (calibration's trials).
+        """
+        st = variant_state(self._state(), without_vids, score_mode)
         return list(st.table.items), self.searcher.full_scores(
             st, as_queries(queries, self.embedding_dim, self.root)
         )

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..fileio import fsync_replace
 from .errors import GalleryError, GalleryModelMismatchError, UnknownItemError
-from .scoring import Blocks, Match, ScoreMode, decide, item_scores, normalize_rows
+from .scoring import Blocks, Match, ScoreMode, decide, get_score_mode, item_scores, normalize_rows
 from .store import ANN_PREFIX
 from .vectors import VectorTable
 
@@ -39,6 +39,19 @@ class State:
     generation: int
     mode: ScoreMode
     top_n: int
+
+
+def variant_state(st: State, without_vids: Sequence[int] = (), score_mode: str | None = None) -> State:
+    """``st`` without the vectors ``without_vids`` (held-out photos; every item must keep one) and/or
+    scored as ``score_mode``, under a cache key of its own."""
+    if not len(without_vids) and score_mode is None:
+        return st
+    table = st.table.without_vids(without_vids) if len(without_vids) else st.table
+    if len(without_vids) and (table.counts == 0).any():
+        raise ValueError("without_vids would leave an item with no vectors")
+    mode = get_score_mode(score_mode) if score_mode else st.mode
+    key = (st.generation, "variant", tuple(sorted(int(v) for v in without_vids)))
+    return State(table, key, mode, st.top_n)  # type: ignore[arg-type]
 
 
 def as_queries(queries: np.ndarray, dim: int, root: Path) -> np.ndarray:

@@ -91,6 +91,12 @@ class VectorTable:
             self.name, self.dim, items, self._vids[keep], remap[self._cols[keep]], self._vecs[keep]
         )
 
+    def without_vids(self, vids: Sequence[int]) -> VectorTable:
+        """A new table without these vectors (same item columns; an item may be left with none)."""
+        self._fold()
+        keep = ~np.isin(self._vids, np.asarray(list(vids), np.int64))
+        return VectorTable(self.name, self.dim, self.items, self._vids[keep], self._cols[keep], self._vecs[keep])
+
     # ------------------------------------------------------------------ reading
 
     def __len__(self) -> int:

@@ -27,6 +27,8 @@ class QueryOptions:
     zoom: float = 1.0
     multicrop: str = "none"
     pool: str = "mean"
+    flip: bool = False  # also embed the mirror image of every view (pooled like the other views)
+    colour: float = 0.0  # weight of the colour-histogram cue added to the best items' scores (.cues; 0: off)
 
     def __post_init__(self) -> None:
         if self.aspect not in ASPECTS:
@@ -37,6 +39,8 @@ class QueryOptions:
             raise ValueError(f"pool {self.pool!r} is not one of {', '.join(POOLS)}")
         if not 0.1 <= self.zoom <= 1.0:
             raise ValueError(f"zoom must be in [0.1, 1.0], got {self.zoom}")
+        if not 0.0 <= self.colour <= 1.0:
+            raise ValueError(f"colour weight must be in [0, 1], got {self.colour}")
 
     @property
     def is_default(self) -> bool:
@@ -45,14 +49,16 @@ class QueryOptions:
     def views(self, rgb: np.ndarray) -> list[np.ndarray]:
         """The image views to embed for one query."""
         base = self._frame(rgb)
-        if self.multicrop == "none":
-            return [base]
-        h, w = base.shape[:2]
-        views = [base, base[h // 6 : h - h // 6, w // 6 : w - w // 6]]
-        for r in range(2):
-            for c in range(2):  # overlapping quarter views
-                y0, x0 = int(r * h * 0.4), int(c * w * 0.4)
-                views.append(base[y0 : y0 + int(h * 0.6), x0 : x0 + int(w * 0.6)])
+        views = [base]
+        if self.multicrop != "none":
+            h, w = base.shape[:2]
+            views.append(base[h // 6 : h - h // 6, w // 6 : w - w // 6])
+            for r in range(2):
+                for c in range(2):  # overlapping quarter views
+                    y0, x0 = int(r * h * 0.4), int(c * w * 0.4)
+                    views.append(base[y0 : y0 + int(h * 0.6), x0 : x0 + int(w * 0.6)])
+        if self.flip:
+            views += [np.ascontiguousarray(v[:, ::-1]) for v in views]
         return views
 
     def _frame(self, rgb: np.ndarray) -> np.ndarray:
@@ -80,8 +86,8 @@ def parse_view(spec: str) -> QueryOptions:
 
 def view_name(opts: QueryOptions) -> str:
     """The name :func:`parse_view` reads back (single-view options only)."""
-    if opts.multicrop != "none":
-        raise ValueError("a multi-crop query has no single view name")
+    if opts.multicrop != "none" or opts.flip:
+        raise ValueError("a multi-crop or mirrored query has no single view name")
     return "whole" if opts.zoom == 1.0 and opts.aspect == "squash" else f"{opts.aspect}:{opts.zoom:g}"
 
 

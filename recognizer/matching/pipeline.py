@@ -28,8 +28,11 @@ from ..data.imageio import ImageLoadError, crop_bbox, load_image
 from ..gallery import Gallery, Match, decide
 from ..gallery.search import Candidates, candidate_groups
 from ..models.embed import embed_arrays, embed_paths, pool_view_embeddings
+from .cues import COLOUR_METHOD, add_colour, colour_histogram
 from .options import QueryOptions, pool_view_scores
 from .rerank import RerankConfig, verify_items
+
+COLOUR_TOP = 10  # items re-scored by the colour cue without re-ranking (with it: the re-ranked top K)
 
 
 @dataclass
@@ -102,15 +105,26 @@ class Recognizer:
         return self.gallery.item_scores(emb, candidates, k=k)
 
     def verify(self, items: list[str], scores: np.ndarray, image: Callable[[int], np.ndarray | None]) -> np.ndarray:
-        """Re-score each row's best items geometrically (``image(i)`` gives row i's RGB, None if unreadable)."""
-        if self.rerank is None:
+        """Re-score each row's best items with the colour cue and geometrically (``image(i)`` gives row i's
+        RGB, None if unreadable)."""
+        w = self.query.colour
+        if self.rerank is None and not w:
             return scores
         t0 = time.perf_counter()
         out = scores.copy()
+        top = self.rerank.top_k if self.rerank else COLOUR_TOP
+        hists: dict[str, list] = {}
+        if w:  # the enrolled photos' histograms of every row's best items
+            best = {items[j] for row in scores for j in np.argsort(-row)[:top]}
+            hists = {it: [d for _, d in f] for it, f in self.gallery.features.read(sorted(best), COLOUR_METHOD, 64).items()}
         for i in range(len(scores)):
             rgb = image(i)
-            if rgb is not None:
-                out[i] = verify_items(self.gallery, rgb, items, scores[i], self.rerank)
+            if rgb is None:
+                continue
+            if w:
+                out[i] = add_colour(out[i], items, colour_histogram(rgb), hists, w, top)
+            if self.rerank is not None:
+                out[i] = verify_items(self.gallery, rgb, items, out[i], self.rerank)
         self.seconds_verify += time.perf_counter() - t0
         return out
 

@@ -86,11 +86,9 @@ def forward_batch(model: EmbeddingModel, batch: torch.Tensor, *, channels_last: 
     batch = batch.to(dev, non_blocking=True)
     if channels_last:
         batch = batch.contiguous(memory_format=torch.channels_last)
-    if dev.type == "cuda":
-        with torch.autocast("cuda", dtype=torch.float16):
-            out = model(batch)
-    else:
-        out = model(batch)
+    # fp32 on every device: a gallery's fingerprint names the model, not the precision, so an fp16
+    # (autocast) embedding must never be mixed with fp32 ones (ONNX exports are held to cosine >= 0.999).
+    out = model(batch)
     return out.float().cpu().numpy()
 
 
