@@ -49,7 +49,7 @@ def test_embedding_scaling_commit_and_protocol_suites_at_quick_sizes(tmp_path, t
     )
     cells = p["protocols"]["one-shot"]
     assert p["protocols"]["again"]["b"]["top1"] == cells["b"]["top1"]  # query embeddings reused, same answer
-    assert cells["a"]["gallery_vectors"] == 8 and cells["a"]["queries"] == 16
+    assert cells["a"]["gallery_vectors"] == 16 and cells["a"]["queries"] == 16  # 8 photos x the 2 default views
     assert 0 <= cells["b"]["top1"] <= 1 and "mcnemar_p" in cells["b"]["vs_baseline"]
     assert "| one-shot | b |" in protocols_markdown(p)
     # score modes compared on the same gallery and query embeddings; one photo per item: probe ~ prototype
