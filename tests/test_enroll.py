@@ -124,6 +124,7 @@ def test_enroll_and_match_tools_end_to_end(tmp_path, tiny_catalog, tiny_model):
         "--model",
         str(model_dir),
         "--no-progress",
+        "--no-calibrate",  # the tools' defaults are checked below (calibration: tests/matching/test_calibrate.py)
         "--workers",
         "0",
     )
@@ -142,6 +143,7 @@ def test_enroll_and_match_tools_end_to_end(tmp_path, tiny_catalog, tiny_model):
         "--name",
         "Item one",
         "--no-progress",
+        "--no-calibrate",
     )
     assert out.returncode == 0, out.stderr
     assert "enrolled 1 image(s)" in out.stdout and "skipped 1 identical" in out.stdout
@@ -164,6 +166,8 @@ def test_enroll_and_match_tools_end_to_end(tmp_path, tiny_catalog, tiny_model):
         str(preds),
         "--candidates",
         "item0000,item0001,item0002",
+        "--rerank",
+        "none",  # SIFT keypoints are stored by default; the scores checked here are the probe's alone
         "--no-progress",
     )
     assert out.returncode == 0, out.stderr
@@ -171,7 +175,7 @@ def test_enroll_and_match_tools_end_to_end(tmp_path, tiny_catalog, tiny_model):
     assert len(rows) == 16 and all(r["pred_item_id"] in {"item0000", "item0001", "item0002"} for r in rows)
     _assert_scored_with_the_probe(gal, tiny_catalog, rows, ["item0000", "item0001", "item0002"])
     out = _run("tools/enroll.py", "--gallery", str(gal), "--remove", "item0001")
-    assert "removed item 'item0001' (2 vectors); 7 items left" in out.stdout
+    assert "removed item 'item0001' (4 vectors); 7 items left" in out.stdout
     out = _run(
         "tools/match.py",
         "--gallery",
@@ -199,8 +203,8 @@ def test_enroll_and_match_tools_end_to_end(tmp_path, tiny_catalog, tiny_model):
 
 
 def _assert_scored_with_the_probe(gal, catalog, rows, cands):
-    """The tool's scores are the probe's (a logistic regression fitted on the candidates' enrolled
-    vectors, recomputed here from the public pieces), and not the max-cosine scores of the same gallery."""
+    """The tool's scores are the probe's (a logistic regression fitted on the gallery's enrolled vectors,
+    the candidates' rows taken, recomputed here from the public pieces), and not the max-cosine scores."""
     from recognizer.cli import PHOTO_DEFAULTS
     from recognizer.gallery.adapt import fit_probe
     from recognizer.matching.options import QueryOptions
@@ -216,9 +220,13 @@ def _assert_scored_with_the_probe(gal, catalog, rows, cands):
     res, _ = embed_manifest(load_gallery_model(g), m, queries, num_workers=0, view_fn=opts.views)
     assert len(res.embeddings) == len(rows)
     q = res.embeddings / np.linalg.norm(res.embeddings, axis=1, keepdims=True)
+    # the probe is fitted once on the whole gallery; a candidate set takes its items' rows
+    every = g.item_ids
+    vecs_all = [g.vectors_of(c) for c in every]
+    w, b = fit_probe(np.concatenate(vecs_all), np.repeat(np.arange(len(every)), [len(v) for v in vecs_all]), len(every))
+    sel = [every.index(c) for c in cands]
+    probe = q @ w[sel].T + b[sel]
     vecs = [g.vectors_of(c) for c in cands]
-    w, b = fit_probe(np.concatenate(vecs), np.repeat(np.arange(len(cands)), [len(v) for v in vecs]), len(cands))
-    probe = q @ w.T + b
     max_cos = np.stack([(q @ v.T).max(axis=1) for v in vecs], axis=1)
     got = np.array([
         [dict(zip(r["topk_ids"].split(";"), map(float, r["topk_scores"].split(";")), strict=True))[c] for c in cands]

@@ -141,6 +141,11 @@ def _prototype_blocks(table: Any, cols: np.ndarray | None) -> Blocks:
     return Blocks(protos, block_starts(ones), ones)
 
 
+def probe_fits(table: Any) -> bool:
+    """Whether a probe over the whole gallery is small enough to fit on the fly."""
+    return len(table) * len(table.items) * table.dim <= PROBE_MAX_WORK
+
+
 def _probe_blocks(table: Any, cols: np.ndarray | None) -> Blocks:
     mat, counts = table.gather(cols)
     if len(mat) * len(counts) * mat.shape[1] > PROBE_MAX_WORK:

@@ -24,7 +24,17 @@ import numpy as np
 
 from ..fileio import fsync_replace
 from .errors import GalleryError, GalleryModelMismatchError, UnknownItemError
-from .scoring import Blocks, Match, ScoreMode, decide, get_score_mode, item_scores, normalize_rows
+from .scoring import (
+    Blocks,
+    Match,
+    ScoreMode,
+    block_starts,
+    decide,
+    get_score_mode,
+    item_scores,
+    normalize_rows,
+    probe_fits,
+)
 from .store import ANN_PREFIX
 from .vectors import VectorTable
 
@@ -97,8 +107,22 @@ class Searcher:
             if not items:
                 raise ValueError("an empty candidate set (give None to search the whole gallery)")
             cols = np.array([st.table.col[c] for c in items], dtype=np.int64)
-            hit = self._cache(key, (items, st.mode.blocks(st.table, cols)))
+            if st.mode.name == "probe" and probe_fits(st.table):
+                # one probe fitted on the whole gallery (cached), its candidates' rows: a fit per candidate
+                # set costs an L-BFGS run per query when every query has its own set
+                w, _, _, b = self._whole_blocks(st)
+                ones = np.ones(len(cols), np.int64)
+                hit = self._cache(key, (items, Blocks(w[cols], block_starts(ones), ones, b[cols])))
+            else:
+                hit = self._cache(key, (items, st.mode.blocks(st.table, cols)))
         return hit
+
+    def _whole_blocks(self, st: State) -> Blocks:
+        key = (st.generation, st.mode.name, None)
+        hit = self._blocks.get(key)
+        if hit is None:
+            hit = self._cache(key, (st.table.items, st.mode.blocks(st.table, None)))
+        return hit[1]
 
     def _cache(self, key: tuple, value: tuple[list[str], Blocks]) -> tuple[list[str], Blocks]:
         """Keep gathered blocks of this generation only (older ones may hold a whole table's copy), 64 at most."""
@@ -118,11 +142,7 @@ class Searcher:
 
     def full_scores(self, st: State, q: np.ndarray) -> np.ndarray:
         """Exact ``Q x I`` item scores over the whole gallery (the whole-gallery blocks are cached)."""
-        key = (st.generation, st.mode.name, None)
-        hit = self._blocks.get(key)
-        if hit is None:
-            hit = self._cache(key, (st.table.items, st.mode.blocks(st.table, None)))
-        return item_scores(q, hit[1], st.mode.reduce, st.top_n)
+        return item_scores(q, self._whole_blocks(st), st.mode.reduce, st.top_n)
 
     def _gpu(self):
         """A FAISS GPU resource when asked for (or 'auto' and present), else None."""
