@@ -246,6 +246,51 @@ for _v, _alias in ((0, "sm"), (1, "md"), (2, "lg")):
     )(_make_lite(_v))
 
 
+ITEMS_WEIGHTS = "items_lite0_160.safetensors"
+
+
+def items_top_state() -> dict[str, torch.Tensor]:
+    """The shipped ``items`` weights: the tensors training changed on top of lite0 (top-block tensors under
+    the body's names, and/or ``proj.weight``, a trained linear head folded into a 1x1 projection).
+
+    Package data (``recognizer/models/weights``), read with importlib.resources (no module-path lookups),
+    safetensors only; stored as float16, returned as float32.
+    """
+    from importlib import resources
+
+    from safetensors.torch import load
+
+    ref = resources.files("recognizer.models.weights") / ITEMS_WEIGHTS
+    if not ref.is_file():
+        raise BackboneUnavailableError(f"items: weights {ITEMS_WEIGHTS} are missing from the package; reinstall it")
+    return {k: v.float() for k, v in load(ref.read_bytes()).items()}
+
+
+@register_backbone(
+    "items",
+    description="EfficientNet-Lite0 with its top block fine-tuned for item identity (10,000 identities, 160 px); "
+    "see docs/model_cards/items.md",
+)
+def _items_backbone(pretrained: bool, classifier: bool) -> Backbone:
+    bb = _make_lite(0)(pretrained, classifier)
+    shipped = items_top_state()  # read even when not pretrained: it says whether a projection exists
+    proj = shipped.pop("proj.weight", None)
+    if pretrained:
+        own = bb.body.state_dict()
+        bad = [k for k, v in shipped.items() if k not in own or tuple(own[k].shape) != tuple(v.shape)]
+        if bad:
+            raise BackboneError(f"items: shipped weights do not fit lite0 ({bad[:3]})")
+        bb.body.load_state_dict(shipped, strict=False)
+    if proj is not None:  # a trained linear head folded onto the feature map: avg-pool(P f) = P avg-pool(f)
+        bb.proj = nn.Conv2d(bb.feat_dim, bb.feat_dim, 1, bias=False)
+        with torch.no_grad():
+            bb.proj.weight.copy_(proj.reshape(bb.proj.weight.shape) if pretrained else torch.eye(bb.feat_dim)[..., None, None])
+        inner = bb._forward_fn
+        bb._forward_fn = lambda body, x: bb.proj(inner(body, x))
+    bb.preprocess = bb.preprocess.with_size(160)
+    return bb
+
+
 def _is_timm_model(name: str) -> bool:
     import timm
 

@@ -27,7 +27,7 @@ def empty_caches(tmp_path, monkeypatch):
 
 
 def test_registry_names_and_aliases():
-    assert list_backbones() == ["lite0", "lite1", "lite2"]
+    assert list_backbones() == ["lite0", "lite1", "lite2", "items"]
     assert [resolve_name(a) for a in ("sm", "md", "lg")] == ["lite0", "lite1", "lite2"]
     assert resolve_name("resnet18") == "timm/resnet18"
     assert resolve_name("torchvision/resnet18") == "torchvision/resnet18"

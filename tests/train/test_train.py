@@ -297,7 +297,12 @@ def test_kill_9_during_training_then_resume_gives_the_uninterrupted_result(tmp_p
 
 
 def test_every_shipped_config_loads_and_base_chains_merge(tmp_path):
+    from recognizer.train.top_trainer import load_top_config
+
     for p in sorted((ROOT / "configs").glob("*.yaml")):
+        if p.name.startswith("items_"):  # cached-map recipes (tools/train.py --curve): TopTrainConfig keys
+            assert load_top_config(str(p)).input_size > 0, p
+            continue
         cfg = load_config(str(p))
         assert cfg["model"]["backbone"] in ("lite0", "lite1", "lite2"), p
     ft = load_config(str(ROOT / "configs" / "grocery_finetune.yaml"))
