@@ -2,7 +2,9 @@
 
 The workflow behind ``tools/enroll.py``. Bad rows (a missing or corrupt image, an
 unlabelled row) are skipped and reported with their manifest line; the good rows still go
-through. Enrollment commits in chunks, so an interrupted run keeps every chunk it finished.
+through. Enrollment commits in chunks, so an interrupted run keeps every chunk it finished. Each photo is kept in
+the gallery's image store (a content-addressed copy, or only a thumbnail) so that ``recognizer.migrate``
+can re-embed the gallery with another model later.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 from .data.imageio import ImageLoadError, crop_bbox, load_image
 from .data.manifest import Manifest, ManifestRow, format_skipped
 from .fileio import file_sha256
-from .gallery import Gallery
+from .gallery import DEFAULT_STORE_MODE, Gallery, photo_hash
 from .matching.cues import COLOUR_METHOD, as_feature, colour_histogram
 from .matching.options import parse_view
 from .matching.rerank import extract
@@ -166,10 +168,12 @@ def _enroll(
             for j, msg in res.failures:
                 rep.failures.append((part[j][0], msg))
                 failed.add(part[j][0])
-            ok = [part[j] for j in res.indices]
+            ok, emb = [part[j] for j in res.indices], res.embeddings
+            if ok and v == 0:  # keep the photos (a copy, or a thumbnail) before the vectors that need them commit
+                ok, emb = _keep_images(gallery, ok, emb, rep, failed)
             if ok:
                 added = gallery.add(
-                    [e[1] for e in ok], res.embeddings, paths=[os.path.abspath(e[2]) for e in ok],
+                    [e[1] for e in ok], emb, paths=[os.path.abspath(e[2]) for e in ok],
                     hashes=[e[4] for e in ok], fingerprint=model.fingerprint,
                 )  # fmt: skip
                 rep.images_added += added.added if v == 0 else 0
@@ -187,6 +191,17 @@ def _enroll(
         bar.close()
     rep.seconds = time.perf_counter() - t0
     return rep
+
+
+def _keep_images(gallery: Gallery, ok: list, emb, rep: EnrollReport, failed: set[str]) -> tuple[list, object]:
+    """Keep each photo in the gallery's image store (``settings["store_images"]``); drop those that cannot be kept."""
+    mode = gallery.settings.get("store_images", DEFAULT_STORE_MODE)
+    bad = gallery.images.keep([(photo_hash(e[4]), e[2]) for e in ok], mode)
+    for j, msg in bad.items():
+        rep.failures.append((ok[j][0], msg))
+        failed.add(ok[j][0])
+    keep = [j for j in range(len(ok)) if j not in bad]
+    return [ok[j] for j in keep], emb[keep]
 
 
 def _new_entries(gallery: Gallery, hashed: list, rep: EnrollReport, report: bool) -> list:
@@ -229,6 +244,9 @@ def store_features_for(
 def backfill_local_features(gallery: Gallery, method: str, *, progress: bool = True) -> int:
     """Compute ``method`` features for every enrolled vector that lacks them (from the stored paths)."""
     todo = gallery.features.missing(method)
+    if todo:  # read the gallery's kept copy where it has one: the source may have moved since
+        readable = {r["vid"]: r["path"] for r in gallery.records()}
+        todo = [(v, readable.get(v) or p) for v, p in todo]
     done = 0
     bar = None
     if progress and todo:

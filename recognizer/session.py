@@ -118,7 +118,7 @@ def open_or_create_gallery(
     created for that export's model.
     """
     root = Path(root)
-    if (root / "gallery.sqlite").exists():
+    if Gallery.exists(root):
         gallery = Gallery.open(root)
         model = load_gallery_embedder(gallery, model_spec, backend=backend, onnx=onnx, threads=threads)
         return gallery, model

@@ -9,6 +9,7 @@
   python tools/enroll.py --gallery G --set-score-mode probe
   python tools/enroll.py --gallery G --manifest items.csv --backend onnx --onnx export/model.onnx
   python tools/enroll.py --gallery G --calibrate
+  python tools/enroll.py --gallery G --reembed --model lite0@160
 
 An enrolment that changed the gallery ends with a self-calibration (unless --no-calibrate): the
 gallery measures, on pseudo-queries made from its own photos (held-out photos; synthetic views of
@@ -19,6 +20,11 @@ A new gallery is created for --model (default: off-the-shelf lite0). An existing
 uses its own model; a --model with other weights is refused. --backend onnx embeds with
 an export from tools/export.py: an existing gallery accepts it only when it was verified
 equivalent to the gallery's model (or the gallery was created with that very file).
+
+The gallery keeps a copy of every enrolled photo (images/, by SHA-256; --store-images thumbnails keeps only
+a thumbnail and the source path), so --reembed --model SPEC can move it to another model: the new model's
+vectors, local features and calibration are built from those photos beside the old ones, then switched to
+in one atomic step (a kill -9 at any moment leaves the old gallery, or the finished new one).
 """
 
 from __future__ import annotations
@@ -30,10 +36,11 @@ from recognizer.cli import add_backend_arguments, backend_kwargs, parse_query_se
 from recognizer.data.imageio import ImageLoadError
 from recognizer.data.manifest import ManifestError, load_manifest
 from recognizer.enroll import DEFAULT_LOCAL_FEATURES, backfill_local_features, enroll_files, enroll_manifest
-from recognizer.gallery import SCORE_MODES, Gallery, GalleryError
+from recognizer.gallery import SCORE_MODES, STORE_MODES, Gallery, GalleryError, versions
 from recognizer.matching.calibrate import calibrate
 from recognizer.matching.cues import COLOUR_METHOD
 from recognizer.matching.options import parse_view
+from recognizer.migrate import reembed_gallery
 from recognizer.models.model import ModelLoadError
 from recognizer.session import load_gallery_embedder, open_or_create_gallery
 
@@ -57,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument(
         "--calibrate", action="store_true",
         help="measure and store the gallery's query settings now (done after every enrolment unless --no-calibrate)",
+    )  # fmt: skip
+    what.add_argument(
+        "--reembed", action="store_true",
+        help="re-embed every enrolled photo with --model (vectors, local features, calibration) from the kept photos, "
+        "then switch the gallery to it atomically; names, attributes and settings carry over",
     )  # fmt: skip
     what.add_argument(
         "--compact", action="store_true",
@@ -90,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated views to enroll each photo under (whole, crop:ZOOM, squash:ZOOM), e.g. whole,crop:0.6; "
         "stored in the gallery and used by later enrolments (default: the gallery's, else whole)",
     )
+    ap.add_argument(
+        "--store-images", choices=STORE_MODES,
+        help="what the gallery keeps of each enrolled photo, for --reembed: full (a copy, the default) or "
+        "thumbnails (a thumbnail; --reembed then reads the source paths); stored in the gallery",
+    )  # fmt: skip
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--commit-every", type=int, default=512, help="images per atomic commit")
     ap.add_argument("--workers", type=int, help="decoding workers (default: by core count)")
@@ -101,6 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         query_settings = {f"{k}_query": parse_query_settings(s) for k in ("photo", "camera")
                           if (s := getattr(args, f"set_{k}_query"))}  # fmt: skip
+        if args.reembed:
+            if not args.model or backend_kwargs(args)["backend"] != "torch":
+                ap.error("--reembed needs --model (the torch model spec or folder to move the gallery to)")
+            rep = reembed_gallery(args.gallery, args.model, batch_size=args.batch_size, num_workers=args.workers,
+                                  calibrate=not args.no_calibrate, progress=not args.no_progress)  # fmt: skip
+            print(rep.summary())
+            return 0
         if args.calibrate:
             g = Gallery.open(args.gallery)
             _calibrate(g, load_gallery_embedder(g, args.model, **backend_kwargs(args)))
@@ -128,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{args.gallery}: {len(g.item_ids)} items, {len(g)} vectors, model {g.fingerprint} "
                       f"({g.model_spec}), threshold {g.threshold:.3f}, margin {g.margin:.3f}, score mode {g.score_mode}")  # fmt: skip
                 print(f"settings: {g.settings or '{}'} (enroll views: {', '.join(g.settings.get('enroll_views', ['whole']))})")
+                print(f"version: {versions.active_name(args.gallery)} (images kept: {g.settings.get('store_images', 'full')})")
                 s = g.storage()
                 print(f"storage: {s['segments']} segment file(s), {s['stored_rows']} stored vectors, "
                       f"{s['dead_rows']} of them removed (tools/enroll.py --compact drops them)")  # fmt: skip
@@ -143,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"note: {args.gallery} already holds photos enrolled under views "
                       f"{gallery.settings.get('enroll_views', ['whole'])}; new photos get {views}")  # fmt: skip
             gallery.update_settings({"enroll_views": views})
+        if args.store_images and args.store_images != gallery.settings.get("store_images"):
+            gallery.update_settings({"store_images": args.store_images})
         kw = dict(
             batch_size=args.batch_size,
             num_workers=args.workers,

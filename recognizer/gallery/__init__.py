@@ -5,11 +5,13 @@ and ``segments`` the append-only FAISS files with their merges and compaction; `
 reader's copy of one committed state, kept current incrementally; ``vectors`` lays the vectors out
 in item blocks in memory; ``scoring`` turns similarities into item scores (the score-mode
 table) and decided matches; ``search`` scores a whole gallery (exact, IVF, GPU) or a
-candidate set; ``features`` keeps local features for geometric re-ranking; ``adapt`` fits
+candidate set; ``features`` keeps local features for geometric re-ranking; ``images`` keeps a
+copy of every enrolled photo and ``versions`` which embedding of the gallery is active (re-embeds); ``adapt`` fits
 the probe score mode; ``ann`` builds the tuned IVF index. :class:`Gallery` is the facade
 the rest of the recognizer uses: numpy in, numpy out.
 """
 
+from . import versions
 from .errors import (
     EmptyGalleryError,
     GalleryCorruptError,
@@ -17,9 +19,12 @@ from .errors import (
     GalleryLockedError,
     GalleryModelMismatchError,
     GalleryNotFoundError,
+    GallerySupersededError,
+    MissingImagesError,
     UnknownItemError,
 )
 from .gallery import AddResult, Gallery, ItemInfo
+from .images import DEFAULT_STORE_MODE, STORE_MODES, ImageStore, photo_hash
 from .scoring import (
     SCORE_MODES,
     Blocks,
@@ -37,5 +42,6 @@ __all__ = [
     "DB_FILE", "FORMAT_VERSION", "LOCK_FILE", "SCORE_MODES", "SEGMENT_PREFIX", "AddResult", "Blocks",
     "EmptyGalleryError", "Gallery", "GalleryCorruptError", "GalleryError", "GalleryLockedError",
     "GalleryModelMismatchError", "GalleryNotFoundError", "GalleryStore", "ItemInfo", "Match", "ScoreMode",
-    "UnknownItemError", "block_scores", "decide", "get_score_mode", "normalize_rows", "plan_merge",
+    "UnknownItemError", "block_scores", "GallerySupersededError", "MissingImagesError", "ImageStore", "STORE_MODES",
+    "DEFAULT_STORE_MODE", "photo_hash", "versions", "decide", "get_score_mode", "normalize_rows", "plan_merge",
 ]  # fmt: skip

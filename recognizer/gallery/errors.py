@@ -32,3 +32,11 @@ class UnknownItemError(GalleryError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class GallerySupersededError(GalleryError):
+    """A write to a gallery version that a re-embed has replaced (reopen the gallery, with its new model)."""
+
+
+class MissingImagesError(GalleryError):
+    """Enrolled photos that can no longer be read (a re-embed names them and changes nothing)."""

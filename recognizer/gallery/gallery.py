@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from . import versions
 from .errors import (
     EmptyGalleryError,
     GalleryCorruptError,
@@ -30,6 +31,7 @@ from .errors import (
     UnknownItemError,
 )
 from .features import LocalFeatures
+from .images import ImageStore
 from .scoring import SCORE_MODES, Match, get_score_mode, normalize_rows
 from .search import Candidates, Searcher, State, as_queries, variant_state
 from .state import GalleryState
@@ -64,12 +66,14 @@ class Gallery:
     """
 
     def __init__(self, root: Path, *, ann_threshold: int = 50_000, use_gpu: bool | None = None,
-                 lock_timeout: float = 10.0):  # fmt: skip
-        self.root = Path(root)
-        self.store = GalleryStore(self.root, lock_timeout)
-        self.searcher = Searcher(self.root, ann_threshold=ann_threshold, use_gpu=use_gpu)
+                 lock_timeout: float = 10.0, version_dir: Path | None = None):  # fmt: skip
+        self.root = Path(root)  # the gallery folder; its active version's files are in data_root (:mod:`.versions`)
+        self.data_root = Path(version_dir) if version_dir is not None else versions.active_dir(self.root)
+        self.store = GalleryStore(self.data_root, lock_timeout, home=self.root)
+        self.searcher = Searcher(self.data_root, ann_threshold=ann_threshold, use_gpu=use_gpu)
         self._s = GalleryState(self.store)
         self.features = LocalFeatures(self.store, lambda: self._s.generation)  # for geometric re-ranking
+        self.images = ImageStore(self.root, self.store)  # kept copies of the enrolled photos
 
     @classmethod
     def create(cls, root: str | os.PathLike, model_description: dict[str, Any], *, model_spec: str = "",
@@ -81,7 +85,7 @@ class Gallery:
         preprocessing); ``model_spec`` is how to load that model again (``lite0`` or a folder).
         """
         root = Path(root)
-        if (root / DB_FILE).exists():
+        if cls.exists(root):
             raise GalleryError(f"{root}: a gallery already exists here")
         get_score_mode(score_mode)  # unknown modes raise with the valid choices
         for key in ("fingerprint", "embedding_dim", "preprocess"):
@@ -101,7 +105,7 @@ class Gallery:
     ) -> Gallery:
         """Open a gallery; with ``expected_fingerprint``, refuse one built with another model."""
         root = Path(root)
-        if not (root / DB_FILE).is_file():
+        if not cls.exists(root):
             raise GalleryNotFoundError(
                 f"{root}: no gallery here (expected {DB_FILE}); create one with tools/enroll.py"
             )
@@ -113,13 +117,12 @@ class Gallery:
     def check_model(self, fingerprint: str, what: str = "this model") -> None:
         """Raise :class:`GalleryModelMismatchError` unless ``fingerprint`` is the gallery's model."""
         if fingerprint != self.fingerprint:
-            d = self.model_description
-            raise GalleryModelMismatchError(
-                f"{self.root}: gallery was built with model {self.fingerprint} "
-                f"({d['config']['backbone']}, {d['preprocess']['input_size']} px, dim {d['embedding_dim']}), "
-                f"but {what} has fingerprint {fingerprint}; use the gallery's model "
-                f"({self.model_spec or 'see model_description'}) or enroll into a new gallery"
-            )
+            raise GalleryModelMismatchError(_mismatch(self, fingerprint, what))
+
+    @staticmethod
+    def exists(root: str | os.PathLike) -> bool:
+        """Whether ``root`` holds a gallery (any version of one)."""
+        return (Path(root) / versions.POINTER).is_file() or (Path(root) / DB_FILE).is_file()
 
     def refresh(self) -> bool:
         """Catch up with other processes' commits (reading only what they added); True when vectors changed."""
@@ -193,8 +196,8 @@ class Gallery:
         return vecs, cols.copy()
 
     def records(self, item_id: str | None = None) -> list[dict[str, Any]]:
-        """Per-vector metadata rows (vid, item_id, path, sha256, added)."""
-        return self.store.records(item_id)
+        """Per-vector rows (vid, item_id, path: where its photo reads now, source: the enrolled file, sha256, added)."""
+        return self.images.resolve(self.store.records(item_id))
 
     def known_hashes(self, hashes: Sequence[str]) -> dict[str, str]:
         """Which of ``hashes`` are already enrolled, mapped to the item holding them."""
@@ -373,6 +376,14 @@ class Gallery:
     def ann_index(self):
         """The IVF index for this generation: ``(generation, index, nprobe, recall@10)``."""
         return self.searcher.ann_index(self._state())
+
+
+def _mismatch(g: Gallery, fingerprint: str, what: str) -> str:
+    d = g.model_description
+    return (f"{g.root}: gallery was built with model {g.fingerprint} ({d['config']['backbone']}, "
+            f"{d['preprocess']['input_size']} px, dim {d['embedding_dim']}), but {what} has fingerprint {fingerprint}; "
+            f"use the gallery's model ({g.model_spec or 'see model_description'}), re-embed the gallery for this one "
+            "(tools/enroll.py --gallery G --reembed --model SPEC) or enroll into a new gallery")  # fmt: skip
 
 
 def _checked_batch(root: Path, dim: int, item_ids: Sequence[str], embeddings: np.ndarray,

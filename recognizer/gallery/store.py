@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 
 from ..fileio import fsync_replace
-from .errors import GalleryCorruptError, GalleryError, GalleryLockedError
+from . import versions
+from .errors import GalleryCorruptError, GalleryError, GalleryLockedError, GallerySupersededError
 from .segments import (
     SEGMENT_PREFIX,
     Segment,
@@ -71,6 +72,16 @@ CREATE TABLE IF NOT EXISTS vectors (
     added REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS vectors_item ON vectors(item_id);
+"""
+IMAGES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    sha256 TEXT PRIMARY KEY,
+    file TEXT,
+    thumb TEXT,
+    source TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    added REAL NOT NULL
+);
 """
 _SEGMENTS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS segments (
@@ -129,8 +140,9 @@ def cursor_of(meta: dict[str, str]) -> Cursor:
 class GalleryStore:
     """Reads and writes one gallery folder; see the module docstring for the layout and guarantees."""
 
-    def __init__(self, root: Path, lock_timeout: float = 10.0) -> None:
+    def __init__(self, root: Path, lock_timeout: float = 10.0, home: Path | None = None) -> None:
         self.root = Path(root)
+        self.home = Path(home) if home is not None else self.root  # the gallery folder (see :mod:`.versions`)
         self.lock_timeout = lock_timeout
 
     @classmethod
@@ -142,7 +154,7 @@ class GalleryStore:
             tmp_db.unlink(missing_ok=True)
             conn = sqlite3.connect(tmp_db)
             try:
-                conn.executescript(_SCHEMA + _SEGMENTS_SCHEMA + FEATURES_SCHEMA)
+                conn.executescript(_SCHEMA + _SEGMENTS_SCHEMA + FEATURES_SCHEMA + IMAGES_SCHEMA)
                 meta = dict(
                     meta, format_version=FORMAT_VERSION, generation=1, epoch=0, items_epoch=0, next_vid=1
                 )
@@ -153,7 +165,9 @@ class GalleryStore:
             fsync_replace(tmp_db, root / DB_FILE)
 
     def connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.root / DB_FILE, timeout=30.0, isolation_level=None)
+        # mode=rw: a reader of a version deleted since never creates an empty database in its place
+        uri = (self.root / DB_FILE).absolute().as_uri() + "?mode=rw"
+        conn = sqlite3.connect(uri, timeout=30.0, isolation_level=None, uri=True)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
@@ -238,15 +252,17 @@ class GalleryStore:
             return out
 
     def records(self, item_id: str | None = None) -> list[dict[str, Any]]:
-        """Per-vector metadata rows (vid, item_id, path, sha256, added)."""
+        """Per-vector metadata rows (vid, item_id, path, sha256, added, image: the kept copy of its photo,
+        relative to the gallery folder, or None)."""
+        where, args = (" WHERE v.item_id=?", (item_id,)) if item_id else ("", ())
         with self.reading() as conn:
-            q = "SELECT vid, item_id, path, sha256, added FROM vectors"
-            cur = (
-                conn.execute(q + " WHERE item_id=? ORDER BY vid", (item_id,))
-                if item_id
-                else conn.execute(q + " ORDER BY vid")
-            )
-            return [dict(zip(("vid", "item_id", "path", "sha256", "added"), r, strict=True)) for r in cur]
+            try:  # a photo's vectors share its file hash: the first 64 characters of theirs
+                cur = conn.execute("SELECT v.vid, v.item_id, v.path, v.sha256, v.added, i.file FROM vectors v "
+                                   "LEFT JOIN images i ON i.sha256 = substr(v.sha256, 1, 64)" + where + " ORDER BY v.vid", args)  # fmt: skip
+            except sqlite3.OperationalError:  # a gallery from before the image store
+                cur = conn.execute("SELECT vid, item_id, path, sha256, added, NULL FROM vectors v" + where + " ORDER BY vid", args)
+            keys = ("vid", "item_id", "path", "sha256", "added", "image")
+            return [dict(zip(keys, r, strict=True)) for r in cur]
 
     def integrity(self) -> tuple[str, int]:
         """SQLite's integrity check and the number of vectors whose item is missing."""
@@ -263,6 +279,11 @@ class GalleryStore:
     def writer(self) -> Iterator[sqlite3.Connection]:
         """The writer lock and a connection; upgrades a format-1 gallery and removes orphan files first."""
         with _flock(self.root / LOCK_FILE, self.lock_timeout):
+            if active := versions.is_superseded(self.home, self.root):
+                raise GallerySupersededError(
+                    f"{self.home}: re-embedded since this process opened it (version {active} is active now, with "
+                    "another model); reopen the gallery with its model to change it"
+                )
             conn = self.connect()
             try:
                 self._upgrade(conn)

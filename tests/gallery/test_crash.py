@@ -94,7 +94,7 @@ def test_kill_9_of_the_enroll_tool(tmp_path):
     total = 3 * n_items
     cmd = [sys.executable, "tools/enroll.py", "--gallery", str(gal), "--manifest", str(manifest), "--data-root",
            str(catalog.parent), "--model", "lite0@64", "--no-progress", "--workers", "0", "--batch-size", "4",
-           "--commit-every", "4", "--no-compact"]  # fmt: skip
+           "--commit-every", "4", "--no-compact", "--views", "whole", "--no-calibrate"]  # fmt: skip  (one vector a photo)
     rng = np.random.default_rng(1)
     sizes = []
     for _ in range(runs):

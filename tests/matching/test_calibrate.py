@@ -117,6 +117,7 @@ def test_an_unreadable_enrolled_photo_is_named_and_skipped(tmp_path, tiny_catalo
         p.write_bytes(m.resolve(r).read_bytes())
         copies.append((r.item_id, p, None))
     g = Gallery.create(tmp_path / "g", tiny_model.describe(), model_spec="tiny")
+    g.update_settings({"store_images": "thumbnails"})  # no kept copy: the source path is all there is
     enroll_files(g, tiny_model, copies, progress=False, num_workers=0, local_features=None)
     copies[0][1].unlink()  # moved away after enrolment
     cal = calibrate(g, tiny_model, max_queries=10)
