@@ -15,6 +15,9 @@ Suites (one module each in ``benchmarks/suites/``):
 * ``scaling``: exact and constrained search time and memory at 10k, 100k and 1M vectors.
 * ``unseen``: top-1 on held-out grocery items under two enrollment protocols (real data).
 * ``enrol_views``: held-out grocery top-1 with each photo enrolled whole, zoomed, or both (real data).
+* ``calibration``: per protocol, today's defaults, each single option and the self-calibrated settings.
+* ``camera_table``: the camera on generated table scenes from real photos (touching items, a hand,
+  dimming, a pan, a swap): recall, wrong labels, switches, frame times per proposal method (real data).
 * ``deploy``: backbone x backend (torch, ONNX fp32, ONNX int8) x input size: images/s, latency,
   MB and grocery-unseen top-1.
 """
@@ -29,7 +32,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .suites import commit, deploy, embedding, enrol_views, gallery, query_options, scaling, training, unseen
+from .suites import (
+    bg_augment,
+    calibration,
+    camera_table,
+    commit,
+    deploy,
+    embedding,
+    enrol_views,
+    gallery,
+    identity_curve,
+    query_options,
+    scaling,
+    training,
+    unseen,
+)
 
 SUITES: dict[str, Callable[..., dict[str, Any]]] = {
     "gallery": gallery.run,
@@ -41,6 +58,10 @@ SUITES: dict[str, Callable[..., dict[str, Any]]] = {
     "unseen": unseen.run,
     "deploy": deploy.run_deploy_table,
     "enrol_views": enrol_views.run,
+    "calibration": calibration.run,
+    "camera_table": camera_table.run,
+    "identity_curve": identity_curve.run,
+    "bg_augment": bg_augment.run,
 }
 # small sizes per suite, for a smoke run (``--quick``)
 QUICK: dict[str, dict[str, Any]] = {
@@ -53,6 +74,10 @@ QUICK: dict[str, dict[str, Any]] = {
     "unseen": unseen.QUICK,
     "deploy": deploy.QUICK,
     "enrol_views": enrol_views.QUICK,
+    "calibration": calibration.QUICK,
+    "camera_table": camera_table.QUICK,
+    "identity_curve": identity_curve.QUICK,
+    "bg_augment": bg_augment.QUICK,
 }
 
 

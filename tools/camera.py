@@ -6,9 +6,13 @@
          --headless --out annotated.mp4 --jsonl events.jsonl [--fast]
   python tools/camera.py --gallery G --source rtsp://host/stream --roi 100,50,400,300 --proposals roi
 
-Proposals: full (whole frame), roi (--roi), grid (--grid 2x2 of the frame or ROI),
-foreground (moving/new objects over a static background; default). Without candidates
-every gallery item is a candidate. Ctrl-C or q stops a live source. --backend onnx --onnx
+Proposals: foreground (default: each object blob over the table's background as one item),
+windows (touching objects separated by candidate-guided windows), split (the same, separated by
+splitting the mask), full (whole frame), roi (--roi), grid (--grid 2x2 of the frame or ROI).
+The table background follows light changes, shadows and camera pans (--background mog2: the
+older MOG2 model). Without candidates every gallery item is a candidate. --frames-jsonl writes
+every alive track per frame (a state stream; --jsonl has the appear/change/leave events).
+Ctrl-C or q stops a live source. --backend onnx --onnx
 FILE embeds the crops with an exported model (ONNX Runtime) that the gallery accepts.
 """
 
@@ -25,7 +29,7 @@ from recognizer.cli import (
     options_from_args,
 )
 from recognizer.gallery import Gallery, GalleryError
-from recognizer.matching.camera import PROPOSALS, CameraConfig, latency_table, run_camera
+from recognizer.matching.camera import BACKGROUNDS, PROPOSALS, VERIFY, CameraConfig, latency_table, run_camera
 from recognizer.models.model import ModelLoadError
 from recognizer.session import load_gallery_embedder
 
@@ -44,13 +48,23 @@ def main(argv: list[str] | None = None) -> int:
     cand = ap.add_mutually_exclusive_group()
     cand.add_argument("--candidates", help="comma-separated item ids on the table")
     cand.add_argument("--candidates-file", help="file with one item id per line")
-    ap.add_argument("--proposals", choices=PROPOSALS, default="foreground")
+    ap.add_argument("--proposals", choices=PROPOSALS, default=CameraConfig.proposals)
+    ap.add_argument("--background", choices=BACKGROUNDS, default=CameraConfig.background)
+    ap.add_argument(
+        "--verify", choices=VERIFY, default=CameraConfig.verify,
+        help="verify each track once (at birth, on a challenge) with the gallery's stored local features",
+    )  # fmt: skip
     ap.add_argument("--roi", type=lambda s: _ints(s, 4, ",", "--roi"), help="x,y,w,h")
     ap.add_argument("--grid", type=lambda s: _ints(s, 2, "x", "--grid"), default=(2, 2), help="ROWSxCOLS")
     ap.add_argument("--threshold", type=float, help="open-set threshold (default: the gallery's)")
+    ap.add_argument(
+        "--min-score", type=float, default=CameraConfig.min_score,
+        help=f"a name needs at least this cosine, whatever the gallery's threshold (default {CameraConfig.min_score})",
+    )  # fmt: skip
     ap.add_argument("--headless", action="store_true", help="no window, even where a display exists")
     ap.add_argument("--out", help="write the annotated video here (mp4)")
     ap.add_argument("--jsonl", help="write appear/change/leave events here")
+    ap.add_argument("--frames-jsonl", help="write every alive track, one line per frame, here")
     ap.add_argument(
         "--fast", action="store_true", help="play a video file as fast as possible (default: its real rate)"
     )
@@ -61,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         gallery = Gallery.open(args.gallery)
+        if args.threads is not None and args.threads >= 1:  # torch too: on a busy CPU one thread can be far faster
+            import torch
+
+            torch.set_num_threads(args.threads)
         model = load_gallery_embedder(gallery, args.model, **backend_kwargs(args))
         if args.candidates_file:
             with open(args.candidates_file, encoding="utf-8") as f:
@@ -75,12 +93,15 @@ def main(argv: list[str] | None = None) -> int:
             roi=args.roi,
             grid=args.grid,
             threshold=args.threshold,
+            min_score=args.min_score,
+            background=args.background,
+            verify=args.verify,
             query=query,
             rerank=rerank,
         )
         stats = run_camera(
             gallery, model, args.source, candidates=candidates, cfg=cfg, headless=args.headless, out_video=args.out,
-            jsonl=args.jsonl, realtime=not args.fast, max_frames=args.max_frames,
+            jsonl=args.jsonl, realtime=not args.fast, max_frames=args.max_frames, frames_jsonl=args.frames_jsonl,
         )  # fmt: skip
     except (GalleryError, ModelLoadError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

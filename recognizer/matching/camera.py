@@ -1,13 +1,15 @@
 """Real-time camera matching: live frames against a constrained candidate set, with stable labels.
 
 Pipeline per frame: capture (own thread; the worker always takes the newest frame, so
-lag never builds up) -> proposals (full frame, a fixed ROI, a grid of crops, or
-foreground contours) -> all crops embedded as one batch -> scores against the candidate
-items only (never a scan of the gallery) -> tracks (boxes associated across frames by
-IoU) whose scores are smoothed by an EMA -> a one-to-one assignment (Hungarian) of
-candidate items to tracks -> labels that change only after a few consistent frames
-(hysteresis), "unknown" below the gallery's threshold -> JSONL events (appear, change,
-leave) and an annotated frame with per-stage latencies.
+lag never builds up) -> proposals (full frame, a fixed ROI, a grid of crops, or blobs over
+a background model of the table that follows light changes, shadows and camera pans; a
+blob of touching items is separated by candidate-guided windows or by splitting its mask,
+:mod:`.proposals`) -> every crop of the frame embedded as one batch -> scores against the
+candidate items only (never a scan of the gallery) -> windows picked by score (NMS; what
+matches no candidate stays ``unknown``) -> tracks (:mod:`.tracking`: IoU association, EMA,
+one-to-one Hungarian assignment, hysteresis, coasting through short occlusions, geometric
+verification once per track) -> JSONL events (appear, change, leave), an optional per-frame
+state stream, and an annotated frame with per-stage latencies.
 """
 
 from __future__ import annotations
@@ -26,34 +28,60 @@ from ..gallery import Gallery
 from ..models.model import EmbeddingModel
 from .options import QueryOptions
 from .pipeline import Recognizer
-from .rerank import RerankConfig
+from .proposals import Blob, TableBackground, blobs_from_mask, follow, select_boxes, split_boxes, window_boxes
+from .rerank import RerankConfig, verify_items
+from .tracking import UNKNOWN, Box, Event, LabelTracker, Track, assign, iou
 from .video import FrameSource
 
-PROPOSALS = ("full", "roi", "grid", "foreground")
-UNKNOWN = "unknown"
-Box = tuple[int, int, int, int]  # x, y, w, h
+__all__ = ["UNKNOWN", "Box", "CameraConfig", "CameraMatcher", "Event", "LabelTracker", "Track", "assign", "iou",
+           "label_accuracy", "latency_table", "run_camera"]  # fmt: skip
+
+PROPOSALS = ("full", "roi", "grid", "foreground", "split", "windows")
+BACKGROUNDS = ("table", "mog2")
+VERIFY = ("auto", "sift", "orb", "none")
 
 
 @dataclass
 class CameraConfig:
-    """Everything that shapes the live loop; defaults suit a fixed camera over a table."""
+    """Everything that shapes the live loop; defaults suit a fixed camera over a table.
+
+    ``proposals``: ``foreground`` (default) takes each blob as one item; ``windows`` separates
+    touching items by candidate-guided windows in each foreground blob (best on touching items in
+    ``tools/bench.py --suite camera_table``, not yet the default: it names a phantom distractor on
+    the synthetic package video), ``split`` by splitting the blob's mask; ``full``, ``roi``,
+    ``grid`` are fixed.
+    ``background``: ``table`` follows light, shadows and pans; ``mog2`` is OpenCV's MOG2.
+    """
 
     proposals: str = "foreground"
     roi: Box | None = None
     grid: tuple[int, int] = (2, 2)
     min_area: float = 0.01  # foreground blobs smaller than this share of the frame are ignored
-    max_crops: int = 8
+    max_crops: int = 8  # blobs per frame, at most
     pad: float = 0.08  # context around each box, as a share of its size
     ema: float = 0.5  # weight of the newest frame's scores
     switch_frames: int = 3  # consecutive frames a new label must win before it replaces the old one
     switch_margin: float = 0.03  # ... and by at least this much over the current label's smoothed score
-    leave_frames: int = 8  # frames without a box before a track is dropped
+    appear_frames: int = 1  # frames a new track's first label must win before it is shown
+    leave_frames: int = 10  # frames a track coasts without a box (keeping its label) before it leaves
     iou_match: float = 0.25
-    threshold: float | None = None  # default: the gallery's
+    threshold: float | None = None  # default: the gallery's, but at least ``min_score``
+    min_score: float = 0.5  # a name needs this cosine at least, whatever the gallery's threshold
     query: QueryOptions = field(default_factory=QueryOptions)  # framing of each crop (zoom, multi-crop)
-    rerank: RerankConfig | None = None  # geometric verification of each crop's top candidates
+    rerank: RerankConfig | None = None  # geometric verification of every crop's top candidates, every frame
+    verify: str = "auto"  # per-track verification (once at birth and on a challenge): the gallery's stored features
+    verify_top: int = 3
+    verify_window: float = 0.1  # the cached bonus counts for items this close to the track's best embedding score
     warmup_frames: int = 10  # foreground: frames of the empty scene to learn the background from
-    bg_learning_rate: float = 0.0005  # foreground: background adaptation after the warm-up
+    bg_learning_rate: float = 0.0005  # mog2: background adaptation after the warm-up
+    background: str = "table"
+    window_widths: tuple[float, ...] = (0.45, 0.7, 1.0)  # windows: widths, x the blob's height
+    window_stride: float = 0.34  # windows: step between positions, x the window's width
+    window_positions: int = 6  # windows: positions per width, at most
+    nms: float = 0.5  # windows: picked windows overlap by at most this share of the narrower one's width
+    refresh_frames: int = 5  # windows: search every blob afresh at least this often; between, follow last picks
+    mask_fill: int | None = 128  # table background: paint the empty table in each crop this grey (None: keep it)
+    square: bool = False  # pad each crop to a square (grey) so a narrow item is not stretched (off: cost 15 points on printed packages)
 
     def __post_init__(self) -> None:
         if self.proposals not in PROPOSALS:
@@ -62,54 +90,90 @@ class CameraConfig:
             raise ValueError("proposals='roi' needs roi=(x, y, w, h)")
         if not 0 < self.ema <= 1:
             raise ValueError(f"ema must be in (0, 1], got {self.ema}")
+        if self.background not in BACKGROUNDS:
+            raise ValueError(f"background {self.background!r} is not one of {', '.join(BACKGROUNDS)}")
+        if self.verify not in VERIFY:
+            raise ValueError(f"verify {self.verify!r} is not one of {', '.join(VERIFY)}")
 
 
 # ----------------------------------------------------------------------------- proposals
 
 
 class Proposer:
-    """Where the items are: boxes in frame coordinates."""
+    """Where the items are: blobs (frame coordinates) with the windows to score in each."""
 
     def __init__(self, cfg: CameraConfig):
         self.cfg = cfg
         self._bg = None
         self._frames = 0
+        self.shift = (0.0, 0.0)  # the camera's motion at the last frame (table background only)
+        self.mask: np.ndarray | None = None  # the last foreground mask at frame size (table background only)
 
-    def __call__(self, frame: np.ndarray) -> list[Box]:
+    def __call__(self, frame: np.ndarray, hold: Sequence[Box] = ()) -> list[Blob]:
         H, W = frame.shape[:2]
         cfg = self.cfg
         x0, y0, w0, h0 = cfg.roi if cfg.roi is not None else (0, 0, W, H)
+        self.shift = (0.0, 0.0)
         if cfg.proposals in ("full", "roi"):
-            return [(x0, y0, w0, h0)]
+            return [Blob((x0, y0, w0, h0), [(x0, y0, w0, h0)], "whole")]
         if cfg.proposals == "grid":
             rows, cols = cfg.grid
             return [
-                (x0 + c * w0 // cols, y0 + r * h0 // rows, w0 // cols, h0 // rows)
+                Blob(b, [b], "whole")
                 for r in range(rows)
                 for c in range(cols)
+                for b in [(x0 + c * w0 // cols, y0 + r * h0 // rows, w0 // cols, h0 // rows)]
             ]
-        return self._foreground(frame, (x0, y0, w0, h0))
+        sub = frame[y0 : y0 + h0, x0 : x0 + w0]
+        if cfg.background == "mog2":
+            mask, scale = self._mog2(sub), 0.5
+        else:
+            if self._bg is None:
+                self._bg = TableBackground(cfg.warmup_frames)
+            mask, self.shift = self._bg.apply(sub, [(x - x0, y - y0, w, h) for x, y, w, h in hold])
+            scale = self._bg.scale
+            full = np.zeros((H, W), np.uint8)
+            full[y0 : y0 + h0, x0 : x0 + w0] = cv2.dilate(cv2.resize(mask, (w0, h0), interpolation=cv2.INTER_NEAREST), np.ones((5, 5), np.uint8))
+            self.mask = full
+        out = []
+        for (bx, by, bw, bh), m in blobs_from_mask(mask, scale, cfg.min_area, cfg.max_crops):
+            box = (x0 + bx, y0 + by, bw, bh)
+            if cfg.proposals == "windows":
+                wins = window_boxes(box, m, scale, cfg.window_widths, cfg.window_stride, cfg.window_positions)
+                out.append(Blob(box, wins, "windows"))
+            elif cfg.proposals == "split":
+                out.append(Blob(box, split_boxes(box, m, scale), "split"))
+            else:
+                out.append(Blob(box, [box], "whole"))
+        return out
 
-    def _foreground(self, frame: np.ndarray, roi: Box) -> list[Box]:
+    def _mog2(self, sub: np.ndarray) -> np.ndarray:
+        """Today's foreground before the table background: MOG2, no shadow or motion handling."""
         if self._bg is None:
             self._bg = cv2.createBackgroundSubtractorMOG2(history=300, varThreshold=32, detectShadows=False)
-        x0, y0, w0, h0 = roi
-        sub = frame[y0 : y0 + h0, x0 : x0 + w0]
+        h0, w0 = sub.shape[:2]
         small = cv2.resize(sub, (max(1, w0 // 2), max(1, h0 // 2)), interpolation=cv2.INTER_AREA)
         self._frames += 1
         if self._frames <= self.cfg.warmup_frames:  # learn the empty scene
             self._bg.apply(small)
-            return []
+            return np.zeros(small.shape[:2], np.uint8)
         # then learn slowly, so items lying still are not absorbed into the background
         mask = self._bg.apply(small, learningRate=self.cfg.bg_learning_rate)
         k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, k)
-        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, k, iterations=3)
-        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        min_area = self.cfg.min_area * small.shape[0] * small.shape[1]
-        boxes = [cv2.boundingRect(c) for c in contours if cv2.contourArea(c) >= min_area]
-        boxes.sort(key=lambda b: -b[2] * b[3])
-        return [(x0 + 2 * x, y0 + 2 * y, 2 * w, 2 * h) for x, y, w, h in boxes[: self.cfg.max_crops]]
+        return cv2.morphologyEx(mask, cv2.MORPH_CLOSE, k, iterations=3)
+
+
+def pad_square(rgb: np.ndarray, fill: int) -> np.ndarray:
+    """The crop centred on a square of ``fill``: the model sees the item's true shape, not a stretched one."""
+    h, w = rgb.shape[:2]
+    if h == w:
+        return rgb
+    n = max(h, w)
+    out = np.full((n, n, 3), fill, np.uint8)
+    y, x = (n - h) // 2, (n - w) // 2
+    out[y : y + h, x : x + w] = rgb
+    return out
 
 
 def crop(frame_rgb: np.ndarray, box: Box, pad: float) -> np.ndarray:
@@ -120,152 +184,6 @@ def crop(frame_rgb: np.ndarray, box: Box, pad: float) -> np.ndarray:
     x0, y0 = max(0, x - px), max(0, y - py)
     x1, y1 = min(W, x + w + px), min(H, y + h + py)
     return frame_rgb[y0:y1, x0:x1]
-
-
-def iou(a: Box, b: Box) -> float:
-    ax1, ay1, bx1, by1 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
-    iw = max(0, min(ax1, bx1) - max(a[0], b[0]))
-    ih = max(0, min(ay1, by1) - max(a[1], b[1]))
-    inter = iw * ih
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0
-
-
-# ------------------------------------------------------------------------------ tracking
-
-
-@dataclass
-class Track:
-    track_id: int
-    box: Box
-    scores: np.ndarray  # smoothed item scores over the label set
-    label: str = UNKNOWN
-    score: float = float("nan")
-    pending: str | None = None
-    pending_count: int = 0
-    missed: int = 0
-    age: int = 0
-    announced: bool = False
-
-
-@dataclass
-class Event:
-    kind: str  # appear | change | leave
-    frame: int
-    time: float
-    track_id: int
-    item_id: str
-    previous: str | None
-    score: float
-    box: Box
-
-    def to_json(self) -> str:
-        d = self.__dict__.copy()
-        d["box"] = list(self.box)
-        d["score"] = None if not np.isfinite(self.score) else round(float(self.score), 4)
-        return json.dumps(d)
-
-
-def assign(scores: np.ndarray, one_to_one: bool) -> np.ndarray:
-    """Column chosen for each row: argmax, or a one-to-one Hungarian assignment maximising the total."""
-    if scores.size == 0:
-        return np.zeros(len(scores), np.int64)
-    if not one_to_one or scores.shape[0] > scores.shape[1]:
-        return scores.argmax(axis=1)
-    from scipy.optimize import linear_sum_assignment
-
-    rows, cols = linear_sum_assignment(-scores)
-    out = np.empty(scores.shape[0], np.int64)
-    out[rows] = cols
-    return out
-
-
-class LabelTracker:
-    """Associates boxes across frames and keeps each track's label stable (EMA + hysteresis)."""
-
-    def __init__(self, labels: Sequence[str], cfg: CameraConfig, threshold: float, one_to_one: bool):
-        self.labels = list(labels)
-        self.cfg = cfg
-        self.threshold = threshold
-        self.one_to_one = one_to_one
-        self.tracks: list[Track] = []
-        self._next_id = 1
-        self._col = {it: j for j, it in enumerate(self.labels)}
-
-    def update(self, frame_index: int, t: float, boxes: list[Box], scores: np.ndarray) -> list[Event]:
-        """Feed one frame's boxes and their ``len(boxes) x len(labels)`` scores; returns events."""
-        cfg = self.cfg
-        events: list[Event] = []
-        unmatched = set(range(len(boxes)))
-        pairs = sorted(
-            ((iou(tr.box, b), ti, bi) for ti, tr in enumerate(self.tracks) for bi, b in enumerate(boxes)),
-            reverse=True,
-        )
-        used_tracks: set[int] = set()
-        for ov, ti, bi in pairs:
-            if ov < cfg.iou_match or ti in used_tracks or bi not in unmatched:
-                continue
-            tr = self.tracks[ti]
-            tr.box = boxes[bi]
-            tr.scores = cfg.ema * scores[bi] + (1 - cfg.ema) * tr.scores
-            tr.missed = 0
-            tr.age += 1
-            used_tracks.add(ti)
-            unmatched.discard(bi)
-        for ti, tr in enumerate(self.tracks):
-            if ti not in used_tracks:
-                tr.missed += 1
-        for bi in sorted(unmatched):
-            self.tracks.append(Track(self._next_id, boxes[bi], scores[bi].copy()))
-            self._next_id += 1
-        # drop tracks gone too long
-        keep = []
-        for tr in self.tracks:
-            if tr.missed > cfg.leave_frames:
-                if tr.announced:
-                    events.append(
-                        Event("leave", frame_index, t, tr.track_id, tr.label, None, tr.score, tr.box)
-                    )
-            else:
-                keep.append(tr)
-        self.tracks = keep
-        visible = [tr for tr in self.tracks if tr.missed == 0]
-        if visible and self.labels:
-            mat = np.stack([tr.scores for tr in visible])
-            chosen = assign(mat, self.one_to_one)
-            for tr, c in zip(visible, chosen, strict=True):
-                s = float(tr.scores[c])
-                proposal = self.labels[c] if s >= self.threshold else UNKNOWN
-                cur = self._col.get(tr.label)
-                if (
-                    proposal not in (tr.label, UNKNOWN)
-                    and cur is not None
-                    and tr.scores[cur] + cfg.switch_margin > s
-                ):
-                    proposal, s = tr.label, float(tr.scores[cur])  # a challenger must win clearly
-                events += self._hysteresis(tr, proposal, s, frame_index, t)
-        return events
-
-    def _hysteresis(self, tr: Track, proposal: str, score: float, frame_index: int, t: float) -> list[Event]:
-        if proposal == tr.label:
-            tr.pending, tr.pending_count, tr.score = None, 0, score
-            return []
-        if proposal == tr.pending:
-            tr.pending_count += 1
-        else:
-            tr.pending, tr.pending_count = proposal, 1
-        need = 1 if not tr.announced else self.cfg.switch_frames
-        if tr.pending_count < need:
-            return []
-        prev = tr.label
-        tr.label, tr.score, tr.pending, tr.pending_count = proposal, score, None, 0
-        kind = "appear" if not tr.announced else "change"
-        tr.announced = True
-        return [
-            Event(
-                kind, frame_index, t, tr.track_id, proposal, None if kind == "appear" else prev, score, tr.box
-            )
-        ]
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -281,6 +199,7 @@ class StageTimes:
         "preprocess_embed",
         "search",
         "track",
+        "verify",
         "total",
         "crops",
     )
@@ -320,38 +239,122 @@ class CameraMatcher:
         gallery.item_scores(np.ones((1, gallery.embedding_dim), np.float32), self.candidates)  # unknown ids raise
         self.rec = Recognizer(gallery, model, self.cfg.query, self.cfg.rerank)
         thr = gallery.threshold if self.cfg.threshold is None else self.cfg.threshold
-        self.tracker = LabelTracker(self.candidates, self.cfg, thr, one_to_one=bool(candidates))
+        self.threshold = max(thr, self.cfg.min_score)
+        self.verify_cfg = self._verify_config()
+        self.tracker = LabelTracker(
+            self.candidates, self.cfg, self.threshold, one_to_one=bool(candidates),
+            verifier=self._verify_track if self.verify_cfg else None,
+        )  # fmt: skip
         self.proposer = Proposer(self.cfg)
         self.times = StageTimes()
+        self._rgb: np.ndarray | None = None
+        self._picks: list[tuple[Box, list[Box]]] = []  # last frame's blobs and the windows picked in them
+        self._since_search = 0
+
+    def _verify_config(self) -> RerankConfig | None:
+        method = self.cfg.verify
+        if method == "auto":
+            stored = self.gallery.features.methods()
+            method = next((m for m in ("sift", "orb") if m in stored), "none")
+        return None if method == "none" else RerankConfig(method=method, top_k=self.cfg.verify_top)
+
+    def _verify_track(self, tr: Track, cols: np.ndarray) -> np.ndarray:
+        """Bonus per label from verifying these labels on the track's current crop (zero elsewhere)."""
+        bonus = np.zeros(len(self.candidates), np.float32)
+        if self._rgb is None:
+            return bonus
+        names = [self.candidates[c] for c in cols]
+        base = tr.scores[cols].astype(np.float32)
+        cfg = RerankConfig(method=self.verify_cfg.method, top_k=len(names))
+        bonus[cols] = verify_items(self.gallery, crop(self._rgb, tr.box, self.cfg.pad), names, base, cfg) - base
+        return bonus
 
     def process(
         self, index: int, t: float, frame_bgr: np.ndarray, capture_wait_ms: float = 0.0
     ) -> list[Event]:
         t0 = time.perf_counter()
-        boxes = self.proposer(frame_bgr)
+        blobs = self.proposer(frame_bgr, [tr.box for tr in self.tracker.tracks])
+        dx, dy = self.proposer.shift
+        if dx or dy:
+            self.tracker.shift(dx, dy)
+        self._follow(blobs, moved=bool(dx or dy))
         t1 = time.perf_counter()
         rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
-        crops = [crop(rgb, b, self.cfg.pad) for b in boxes]
-        views = self.rec.embed_arrays(crops)
+        self._rgb = rgb
+        wins = [w for b in blobs for w in b.windows]
+        crops = [crop(rgb, w, self.cfg.pad) for w in wins]
+        if self.cfg.mask_fill is not None and self.proposer.mask is not None and crops:
+            fill = self.cfg.mask_fill
+            crops = [np.where(crop(self.proposer.mask, w, self.cfg.pad)[:, :, None] > 0, c, np.uint8(fill)) for c, w in zip(crops, wins, strict=True)]
+        if self.cfg.square and self.cfg.proposals in ("foreground", "split", "windows"):
+            crops = [pad_square(c, 128 if self.cfg.mask_fill is None else self.cfg.mask_fill) for c in crops]
+        views = self.rec.embed_arrays(crops)  # every crop of the frame in one forward
         t2 = time.perf_counter()
         if crops:
             _, scores = self.rec.scores(views, range(len(crops)), self.candidates)
             scores = self.rec.verify(self.candidates, scores, lambda i: crops[i])
         else:
             scores = np.zeros((0, len(self.candidates)), np.float32)
+        boxes, rows = self._select(blobs, scores)
         t3 = time.perf_counter()
-        events = self.tracker.update(index, t, boxes, scores)
+        events = self.tracker.update(index, t, boxes, rows)
         t4 = time.perf_counter()
+        self.tracker.verify_new(self.cfg.verify_top)
+        t5 = time.perf_counter()
         self.times.add(
             capture_wait=capture_wait_ms,
             proposals=1000 * (t1 - t0),
             preprocess_embed=1000 * (t2 - t1),
             search=1000 * (t3 - t2),
             track=1000 * (t4 - t3),
-            total=capture_wait_ms + 1000 * (t4 - t0),
-            crops=float(len(boxes)),
+            verify=1000 * (t5 - t4),
+            total=capture_wait_ms + 1000 * (t5 - t0),
+            crops=float(len(crops)),
         )
         return events
+
+    def _follow(self, blobs: list[Blob], moved: bool) -> None:
+        """Between fresh searches, a blob that kept its size keeps last frame's picks (moved with it):
+        a few crops instead of every window. A new or resized blob, a camera move, or the
+        ``refresh_frames``-th frame searches all windows again."""
+        self._since_search += 1
+        if self.cfg.proposals != "windows" or moved or self._since_search >= self.cfg.refresh_frames:
+            self._since_search = 0
+            return
+        for b in blobs:
+            kept = follow(self._picks, b)
+            if kept is not None:
+                b.windows, b.kind = kept, "kept"
+
+    def _select(self, blobs: list[Blob], scores: np.ndarray) -> tuple[list[Box], np.ndarray]:
+        """The item boxes of each blob and their score rows; leftovers get the scores of the window
+        overlapping them most (below the threshold, so they read unknown)."""
+        boxes: list[Box] = []
+        rows: list[np.ndarray] = []
+        i = 0
+        self._picks = []
+        for b in blobs:
+            s = scores[i : i + len(b.windows)]
+            picked, rest = select_boxes(b, s, self.threshold, self.cfg.nms)
+            if b.kind == "kept" and (s.max(axis=1) < self.threshold).any():
+                self._since_search = self.cfg.refresh_frames  # a kept window lost its item: search next frame
+            self._picks.append((b.box, [b.windows[j] for j in picked]))
+            for j in picked:
+                boxes.append(b.windows[j])
+                rows.append(s[j])
+            for box in rest:
+                j = int(np.argmax([iou(box, w) for w in b.windows]))
+                boxes.append(box)
+                rows.append(np.minimum(s[j], self.threshold - 1e-3))
+            i += len(b.windows)
+        return boxes, np.array(rows, np.float32).reshape(len(rows), len(self.candidates))
+
+    def state(self, index: int, t: float) -> dict[str, Any]:
+        """Every alive, named track at this frame (hidden ones coast): one line of ``--frames-jsonl``."""
+        return {
+            "frame": index, "time": round(float(t), 4),
+            "tracks": [tr.to_state() for tr in self.tracker.tracks if tr.announced],
+        }  # fmt: skip
 
     def annotate(self, frame_bgr: np.ndarray, fps: float) -> np.ndarray:
         out = frame_bgr.copy()
@@ -370,7 +373,7 @@ class CameraMatcher:
             )
         last = {k: v[-1] for k, v in self.times.values.items() if v}
         lines = [f"{fps:.1f} fps, {int(last.get('crops', 0))} crops"] + [
-            f"{k} {last[k]:.1f} ms" for k in ("proposals", "preprocess_embed", "search", "track") if k in last
+            f"{k} {last[k]:.1f} ms" for k in ("proposals", "preprocess_embed", "search", "track", "verify") if k in last
         ]
         panel = out[0 : 8 + 15 * len(lines), 0:210]
         panel[:] = (panel * 0.35).astype(np.uint8)  # darken behind the text
@@ -408,11 +411,14 @@ def run_camera(
     realtime: bool | None = None,
     max_frames: int | None = None,
     frame_log: list | None = None,
+    frames_jsonl: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Run the live loop until the source ends (or ``max_frames``); returns stats and latencies.
 
     ``frame_log``, when given, receives ``(frame index, [(box, label, score), ...])`` per
-    processed frame, for evaluation against a known truth.
+    processed frame, for evaluation against a known truth. ``frames_jsonl``: one JSON line per
+    processed frame with every alive track (:meth:`CameraMatcher.state`), so a consumer never
+    has to replay the events.
     """
     matcher = CameraMatcher(gallery, model, candidates, cfg)
     show = not headless and _display_available()
@@ -421,6 +427,7 @@ def run_camera(
     src = FrameSource(source, realtime=realtime)
     writer = None
     events_f = open(jsonl, "w", encoding="utf-8") if jsonl else None  # noqa: SIM115
+    frames_f = open(frames_jsonl, "w", encoding="utf-8") if frames_jsonl else None  # noqa: SIM115
     n = 0
     t_first = None
     fps = 0.0
@@ -440,6 +447,8 @@ def run_camera(
             if events_f:
                 for e in events:
                     events_f.write(e.to_json() + "\n")
+            if frames_f:
+                frames_f.write(json.dumps(matcher.state(index, t_cap)) + "\n")
             if frame_log is not None:
                 frame_log.append((index, matcher.labels()))
             if out_video or show:
@@ -461,9 +470,14 @@ def run_camera(
             writer.release()
         if events_f:
             events_f.close()
+        if frames_f:
+            frames_f.close()
         if show:
             cv2.destroyAllWindows()
-    return {"frames": n, "dropped_frames": src.dropped, "fps": fps, "latency_ms": matcher.times.summary()}
+    return {
+        "frames": n, "dropped_frames": src.dropped, "fps": fps, "latency_ms": matcher.times.summary(),
+        "verifications": matcher.tracker.verifications,
+    }  # fmt: skip
 
 
 def latency_table(stats: dict[str, Any]) -> str:

@@ -107,11 +107,12 @@ def test_labels_match_truth_on_generated_video(scene):
 
 def test_camera_tool_headless_on_a_video(scene, tmp_path):
     d, g, model, truth, cands = scene
-    out, ev = tmp_path / "annotated.mp4", tmp_path / "events.jsonl"
+    out, ev, fj = tmp_path / "annotated.mp4", tmp_path / "events.jsonl", tmp_path / "frames.jsonl"
     (tmp_path / "table.txt").write_text("\n".join(cands) + "\n")
     r = subprocess.run(
         [sys.executable, "tools/camera.py", "--gallery", str(g.root), "--source", str(d / "v.mp4"), "--candidates-file",
-         str(tmp_path / "table.txt"), "--headless", "--out", str(out), "--jsonl", str(ev), "--fast"],
+         str(tmp_path / "table.txt"), "--headless", "--out", str(out), "--jsonl", str(ev), "--fast",
+         "--frames-jsonl", str(fj)],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
@@ -119,6 +120,9 @@ def test_camera_tool_headless_on_a_video(scene, tmp_path):
     events = [json.loads(ln) for ln in ev.read_text().splitlines()]
     appeared = {e["item_id"] for e in events if e["kind"] == "appear"}
     assert appeared == {"item0000", "item0001", "item0002"}
+    states = [json.loads(ln) for ln in fj.read_text().splitlines()]  # every frame's alive tracks
+    assert [s["frame"] for s in states] == list(range(80))
+    assert {t["item_id"] for t in states[-1]["tracks"] if t["visible"]} == {"item0000", "item0001", "item0002"}
     cap = cv2.VideoCapture(str(out))
     assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 80
     r = subprocess.run(

@@ -1,0 +1,148 @@
+"""Suite ``camera_table``: the camera on generated table scenes from real photos (real data).
+
+Scenes (``recognizer.data.scenes.table_scenes``): COIL turntable objects and a grocery cut-out
+standing side by side, touching or overlapping, sliding over a real photo; a hand crossing,
+the light dimming to half, a camera pan, an item swapped; all of it at once in ``table``.
+The gallery holds the held-out COIL objects (``coil_unseen``: 4 views each, never the
+angles a scene shows) and the held-out grocery items (their catalog image), embedded by
+off-the-shelf ``lite0@160``; each scene's candidates are its items plus 5 distractors.
+
+Per scene and camera configuration: recall, wrong-label frames, label switches per item,
+time to the first right label and frame-time p50/p95 (``recognizer.matching.scene_metrics``).
+Configurations compare proposal methods; ``default`` is ``CameraConfig()`` as the tool runs it.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..common import MANIFESTS, SHARED_DATA
+
+QUICK = {"scenes": ("touching",), "configs": ("default",)}
+COMPARE_SCENES = ("touching", "hand", "table")  # the proposal methods are compared on these
+
+
+def build_gallery(root: Path, model_spec: str = "lite0@160", features: str | None = "sift"):
+    """The scenes' gallery: held-out COIL objects (4 views) + held-out grocery items (catalog image)."""
+    from recognizer.data.imageio import load_image
+    from recognizer.gallery import Gallery
+    from recognizer.models.embed import embed_arrays
+    from recognizer.models.model import load_model
+
+    model = load_model(model_spec)
+    if (root / "gallery.sqlite").exists():  # a kept work folder: the gallery built last time
+        return Gallery.open(root), model
+    g = Gallery.create(root, model.describe(), model_spec=model_spec)
+    rows = []
+    for name, data in (("coil_unseen.csv", SHARED_DATA / "coil"), ("grocery_unseen.csv", SHARED_DATA / "grocery")):
+        with open(MANIFESTS / name, newline="", encoding="utf-8") as f:
+            rows += [(data / r["path"], r["item_id"]) for r in csv.DictReader(f) if r["role"] == "gallery"]
+    images = [load_image(p) for p, _ in rows]
+    g.add([i for _, i in rows], embed_arrays(model, images))
+    if features:
+        from recognizer.matching.rerank import extract
+
+        vids = [r["vid"] for r in g.records()]
+        g.features.store_features(features, {v: extract(im, features) for v, im in zip(vids, images, strict=True)})
+    return g, model
+
+
+def camera_configs() -> dict[str, Any]:
+    """The configurations compared: name -> CameraConfig keyword arguments.
+
+    ``default`` (``foreground``: a blob is one item) against the other ways of cutting a blob into
+    items, all with the table background, grey-filled crops and the same tracker: ``windows``
+    (candidate-guided windows), ``split`` (the mask split by watershed).
+    The code before this suite existed is measured by ``before`` figures kept in the results.
+    """
+    return {"default": {}, "windows": {"proposals": "windows"}, "split": {"proposals": "split"}}
+
+
+def run_scene(g, model, spec, cfg_kwargs: dict[str, Any], work: Path, *, out_video=None, frames_jsonl=None):
+    from recognizer.data.scenes import candidate_set, write_scene
+    from recognizer.matching.camera import CameraConfig, run_camera
+    from recognizer.matching.scene_metrics import scene_metrics
+
+    video = work / f"{spec.name}.mp4"
+    truth_path = work / f"{spec.name}.truth"
+    if not video.exists():
+        truth = write_scene(video, spec, coil_root=SHARED_DATA / "coil", grocery_root=SHARED_DATA / "grocery")
+        truth_path.write_bytes(__import__("pickle").dumps(truth))
+    truth = __import__("pickle").loads(truth_path.read_bytes())
+    cands = candidate_set(spec, sorted(g.item_ids))
+    log: list = []
+    kw = {"frames_jsonl": frames_jsonl} if frames_jsonl else {}
+    stats = run_camera(g, model, video, candidates=cands, cfg=CameraConfig(**cfg_kwargs), headless=True,
+                       realtime=False, frame_log=log, out_video=out_video, **kw)  # fmt: skip
+    m = scene_metrics(truth, log, spec.fps)
+    lat = stats["latency_ms"]
+    row = {
+        "scene": spec.name, "items": len(spec.shown), "recall": round(m["recall"], 3),
+        "wrong_label_frames": round(m["wrong_label_frames"], 3), "switches_max": m["switches_max"],
+        "switches_mean": round(m["switches_mean"], 2), "first_label_s_max": m["first_label_s_max"],
+        "frame_ms_p50": round(lat["total"]["p50"], 1), "frame_ms_p95": round(lat["total"]["p95"], 1),
+        "crops_mean": round(lat["crops"]["mean"], 1),
+    }  # fmt: skip
+    return row, stats, m
+
+
+def run(
+    scenes: tuple[str, ...] | None = None,
+    configs: tuple[str, ...] | None = None,
+    model: str = "lite0@160",
+    fps: int = 10,
+    keep: str | None = None,
+    compare_scenes: tuple[str, ...] = COMPARE_SCENES,
+    evidence: str | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Every scene at the default configuration, the other proposal methods on ``compare_scenes``.
+
+    ``keep``: a work folder to keep (scenes, gallery) and reuse; ``evidence``: a folder for the
+    annotated video and per-frame state stream of ``table``; ``threads``: torch threads for the run
+    (on a busy 2-core machine 1 thread can be several times faster than 2).
+    """
+    import torch
+
+    from recognizer.data.scenes import table_scenes
+
+    if not (SHARED_DATA / "coil").is_dir() or not (SHARED_DATA / "grocery").is_dir():
+        return {"skipped": f"{SHARED_DATA} coil/grocery not found (real data)"}
+    specs = [s for s in table_scenes(fps) if scenes is None or s.name in scenes]
+    all_cfgs = camera_configs()
+    names = configs or tuple(all_cfgs)
+    tmp = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="bench_camera_"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Any] = {"model": model, "fps": fps, "rows": [], "stages": []}
+    threads_before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    out["torch_threads"] = torch.get_num_threads()
+    try:
+        g, net = build_gallery(tmp / "gallery", model)
+        for spec in specs:
+            for name in names:
+                if name != "default" and spec.name not in compare_scenes:
+                    continue
+                ev = {}
+                if evidence and name == "default" and spec.name == "table":
+                    Path(evidence).mkdir(parents=True, exist_ok=True)
+                    ev = {"out_video": Path(evidence) / "table_annotated.mp4", "frames_jsonl": Path(evidence) / "table_frames.jsonl"}
+                row, stats, m = run_scene(g, net, spec, all_cfgs[name], tmp, **ev)
+                out["rows"].append({"config": name, **row, "verifications": stats.get("verifications", 0)})
+                out.setdefault("per_item", []).extend(
+                    {"config": name, "scene": spec.name, "item": k, **v} for k, v in m["per_item"].items()
+                )
+                if spec.name == "table" or len(specs) == 1:
+                    for k, v in stats["latency_ms"].items():
+                        out["stages"].append({"config": name, "scene": spec.name, "stage": k,
+                                              "p50": round(v["p50"], 2), "p95": round(v["p95"], 2)})  # fmt: skip
+    finally:
+        torch.set_num_threads(threads_before)
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out

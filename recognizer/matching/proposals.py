@@ -1,0 +1,297 @@
+"""Where the items are: a background model of the table, its blobs, and boxes that separate touching items.
+
+The background (:class:`TableBackground`) is learnt from the first frames of the empty table,
+then followed as the scene changes without taking what is on it for background:
+
+* **light**: each frame is compared with the background times a smooth gain map (medians of
+  the brightness ratio over a coarse grid, on pixels that were background last frame), so
+  dimming to half and back makes no objects;
+* **shadows**: darker by 5-60 % with the background's colour kept is a shadow, not an object;
+* **camera motion**: phase correlation against the background measures a pan or a bump; the
+  background (and the tracks' boxes, by the caller) move with it and the newly seen strip is
+  learnt at once, so a pan floods nothing with phantom objects.
+
+A blob may hold several touching items. Two ways to separate them, both scored by the
+candidate items in the same batched forward as everything else (:func:`select_boxes`):
+
+* ``windows``: candidate-guided windows, several widths (relative to the blob's height) at
+  several positions along the blob, each fitted to the mask in its columns;
+* ``split``: the mask itself split by a distance transform and watershed (the whole blob is
+  kept when its parts do not score better than it).
+
+Windows that score below the threshold are never picked; a wide part of a blob that no picked
+window covers (a hand, a cup) becomes a box of its own, which the tracker labels ``unknown``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from .tracking import Box
+
+
+@dataclass
+class Blob:
+    """A foreground blob (frame coordinates) and the candidate boxes to score inside it."""
+
+    box: Box
+    windows: list[Box] = field(default_factory=list)  # windows[0] is the blob itself
+    kind: str = "windows"  # how its windows are chosen among: windows | split | whole | kept
+
+
+class TableBackground:
+    """Background of a fixed camera over a table, robust to light changes, shadows and pans."""
+
+    def __init__(self, warmup: int = 10, scale: float = 0.5, learn: float = 0.1, diff: float = 28.0):
+        self.warmup, self.scale, self.learn, self.diff = warmup, scale, learn, diff
+        self.bg: np.ndarray | None = None  # float32, at ``scale``, at the first frames' light
+        self.n = 0
+        self.last_fg: np.ndarray | None = None
+        self.shift_total = np.zeros(2)
+        self._hann = None
+
+    def _small(self, frame: np.ndarray) -> np.ndarray:
+        H, W = frame.shape[:2]
+        s = cv2.resize(frame, (max(8, int(W * self.scale)), max(8, int(H * self.scale))), interpolation=cv2.INTER_AREA)
+        return cv2.GaussianBlur(s, (3, 3), 0).astype(np.float32)
+
+    def apply(self, frame: np.ndarray, hold: list[Box]) -> tuple[np.ndarray, tuple[float, float]]:
+        """Foreground mask (at ``scale``) and the camera's shift since the last frame (frame px).
+
+        ``hold``: boxes of known items (frame coordinates) the background must not learn.
+        """
+        cur = self._small(frame)
+        if self.bg is None or self.n < self.warmup:
+            self.bg = cur if self.bg is None else self.bg + (cur - self.bg) / (self.n + 1)
+            self.n += 1
+            return np.zeros(cur.shape[:2], np.uint8), (0.0, 0.0)
+        h, w = cur.shape[:2]
+        gray, bg_gray = _sum3(cur), _sum3(self.bg)  # channel sums: elementwise, faster than a reduce
+        dx, dy = self._motion(gray, bg_gray)
+        fresh = None
+        if dx or dy:  # the camera moved: so does the table
+            M = np.float32([[1, 0, dx], [0, 1, dy]])
+            self.bg = cv2.warpAffine(self.bg, M, (w, h), borderMode=cv2.BORDER_REPLICATE)
+            fresh = cv2.warpAffine(np.ones((h, w), np.uint8), M, (w, h), borderValue=0) == 0
+            bg_gray = _sum3(self.bg)
+            if self.last_fg is not None:
+                self.last_fg = cv2.warpAffine(self.last_fg, M, (w, h), borderValue=0)
+        held = np.zeros((h, w), bool)
+        for x, y, bw, bh in hold:
+            x0, y0 = max(0, int(x * self.scale)), max(0, int(y * self.scale))
+            held[y0 : int((y + bh) * self.scale) + 1, x0 : int((x + bw) * self.scale) + 1] = True
+        gain = self._gain(gray, bg_gray, held)
+        expect = self.bg * gain[:, :, None]
+        e_gray = bg_gray * gain
+        diff = cv2.absdiff(cur, expect)
+        dist = np.maximum(np.maximum(diff[:, :, 0], diff[:, :, 1]), diff[:, :, 2])
+        fg = dist > self.diff * np.maximum(gain, 0.35)
+        # shadows: darker than expected with the background's colour kept
+        ratio = gray / (e_gray + 3.0)
+        cn = cur / (gray + 3.0)[:, :, None]
+        en = expect / (e_gray + 3.0)[:, :, None]
+        chroma = _sum3(cv2.absdiff(cn, en))
+        fg &= ~((ratio > 0.4) & (ratio < 0.95) & (chroma < 0.06))
+        if fresh is not None:
+            fg &= ~fresh
+        mask = fg.astype(np.uint8) * 255
+        k3 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+        k7 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))
+        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, k3)
+        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, k7, iterations=2)
+        learn = ((mask == 0) & ~held).astype(np.uint8)
+        norm = cur / gain[:, :, None]
+        cv2.accumulateWeighted(norm, self.bg, self.learn, mask=learn)
+        if fresh is not None:
+            self.bg[fresh] = norm[fresh]
+        self.last_fg = mask
+        return mask, (dx / self.scale, dy / self.scale)
+
+    def _motion(self, gray: np.ndarray, bg_gray: np.ndarray) -> tuple[float, float]:
+        if self._hann is None or self._hann.shape != gray.shape:
+            self._hann = cv2.createHanningWindow(gray.shape[::-1], cv2.CV_32F)
+        (dx, dy), resp = cv2.phaseCorrelate(bg_gray.astype(np.float32), gray.astype(np.float32), self._hann)
+        if resp < 0.15 or np.hypot(dx, dy) < 0.75:
+            return 0.0, 0.0
+        return float(dx), float(dy)
+
+    def _gain(self, gray: np.ndarray, bg_gray: np.ndarray, held: np.ndarray, grid: tuple[int, int] = (3, 4)) -> np.ndarray:
+        """A smooth brightness gain map: medians of cur/bg over a coarse grid of background pixels."""
+        h, w = gray.shape
+        ok = ~held
+        if self.last_fg is not None:
+            ok &= cv2.dilate(self.last_fg, np.ones((5, 5), np.uint8)) == 0
+        ratio = (gray + 12.0) / (bg_gray + 12.0)
+        overall = float(np.median(ratio[ok])) if ok.sum() > 50 else float(np.median(ratio))
+        g = np.full(grid, overall, np.float32)
+        for r in range(grid[0]):
+            for c in range(grid[1]):
+                sl = (slice(r * h // grid[0], (r + 1) * h // grid[0]), slice(c * w // grid[1], (c + 1) * w // grid[1]))
+                m = ok[sl]
+                if m.sum() > 0.2 * m.size:
+                    g[r, c] = np.median(ratio[sl][m])
+        return cv2.resize(g, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def _sum3(a: np.ndarray) -> np.ndarray:
+    return a[:, :, 0] + a[:, :, 1] + a[:, :, 2]
+
+
+# ----------------------------------------------------------------------------- blobs and windows
+
+
+def blobs_from_mask(mask: np.ndarray, scale: float, min_area: float, max_blobs: int) -> list[tuple[Box, np.ndarray]]:
+    """Connected components of the mask over ``min_area`` (share of the frame): frame boxes and their masks."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    min_px = min_area * mask.shape[0] * mask.shape[1]
+    out = []
+    for i in np.argsort(-stats[1:, cv2.CC_STAT_AREA])[:max_blobs] + 1:
+        x, y, w, h, a = stats[i]
+        if a < min_px:
+            continue
+        sub = (labels[y : y + h, x : x + w] == i).astype(np.uint8)
+        out.append(((int(x / scale), int(y / scale), int(w / scale), int(h / scale)), sub))
+    return out
+
+
+def _fit_rows(sub: np.ndarray, c0: int, c1: int) -> tuple[int, int] | None:
+    """Top and bottom rows of the mask within columns [c0, c1)."""
+    rows = np.nonzero(sub[:, c0:c1].sum(axis=1) > max(1, 0.08 * (c1 - c0)))[0]
+    return (int(rows[0]), int(rows[-1]) + 1) if len(rows) else None
+
+
+def window_boxes(box: Box, sub: np.ndarray, scale: float, widths: tuple[float, ...], stride: float, per_width: int) -> list[Box]:
+    """Candidate-guided windows in a blob: each width (x the blob's height) at up to ``per_width``
+    positions ``stride`` of its width apart, fitted vertically to the mask in its columns."""
+    x, y, w, h = box
+    sh, sw = sub.shape
+    out: list[Box] = [box]
+    for r in widths:
+        ww = int(r * h)
+        if ww < 0.25 * h or ww > 0.85 * w:
+            continue
+        n = min(per_width, max(1, int(np.ceil((w - ww) / max(1, stride * ww))) + 1))
+        for x0 in np.linspace(x, x + w - ww, n).astype(int):
+            c0, c1 = int((x0 - x) * scale), int((x0 - x + ww) * scale)
+            rows = _fit_rows(sub, max(0, c0), min(sw, max(c1, c0 + 1)))
+            if rows is None:
+                continue
+            y0, y1 = y + int(rows[0] / scale), y + int(rows[1] / scale)
+            if y1 - y0 >= 0.3 * h:
+                out.append((int(x0), y0, ww, y1 - y0))
+    return out
+
+
+def split_boxes(box: Box, sub: np.ndarray, scale: float, min_peak: float = 0.45) -> list[Box]:
+    """The blob and, when its mask has several cores, the parts a watershed on its distance transform gives."""
+    x, y, w, h = box
+    dist = cv2.distanceTransform(sub, cv2.DIST_L2, 5)
+    peak = dist.max()
+    if peak <= 0:
+        return [box]
+    cores = (dist >= min_peak * peak).astype(np.uint8)
+    n, markers = cv2.connectedComponents(cores)
+    if n <= 2:
+        return [box]
+    markers = markers + 1
+    markers[(sub > 0) & (cores == 0)] = 0
+    img = cv2.cvtColor(np.clip(255 - dist / peak * 255, 0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+    ws = cv2.watershed(img, markers.astype(np.int32))
+    out = [box]
+    for k in range(2, n + 1):
+        ys, xs = np.nonzero(ws == k)
+        if len(ys) < 0.05 * sub.sum():
+            continue
+        out.append((x + int(xs.min() / scale), y + int(ys.min() / scale), int((xs.max() - xs.min() + 1) / scale), int((ys.max() - ys.min() + 1) / scale)))
+    return out
+
+
+def _overlap_x(a: Box, b: Box) -> float:
+    inter = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    return inter / max(1, min(a[2], b[2]))
+
+
+def select_boxes(blob: Blob, scores: np.ndarray, accept: float, nms: float = 0.5) -> tuple[list[int], list[Box]]:
+    """Which of the blob's windows are items (indices into ``blob.windows``), and unknown leftovers.
+
+    ``scores``: ``len(blob.windows) x I`` candidate scores. ``windows`` blobs: the row of windows
+    (left to right, neighbours overlapping by at most ``nms`` of the narrower's width) with the
+    largest total of (best score - ``accept``), by dynamic programming as in weighted interval
+    scheduling: three tight windows on three touching items beat one wide window on all of them
+    or a window that takes in half a neighbour, and a window that matches no candidate (a hand)
+    is never worth taking. ``split`` blobs keep their parts only when the parts' mean score beats
+    the whole blob's.
+    """
+    best = scores.max(axis=1) if scores.size else np.zeros(len(blob.windows))
+    arg = scores.argmax(axis=1) if scores.size else np.zeros(len(blob.windows), np.int64)
+    if blob.kind == "split":
+        if len(blob.windows) > 1 and best[1:].mean() > best[0]:
+            return list(range(1, len(blob.windows))), []
+        return [0], []
+    if blob.kind == "whole":
+        return [0], []
+    if blob.kind == "kept":  # last frame's picks, moved with the blob: each stays an item (or reads unknown)
+        return list(range(len(blob.windows))), []
+    wins = blob.windows
+    order = sorted(range(len(wins)), key=lambda i: (wins[i][0] + wins[i][2], wins[i][0]))
+    gain = best - accept
+    total = {i: -np.inf for i in order}
+    prev: dict[int, int | None] = {}
+    for n, i in enumerate(order):
+        if gain[i] <= 0:
+            continue
+        total[i], prev[i] = float(gain[i]), None
+        for j in order[:n]:
+            if total[j] == -np.inf or wins[j][0] >= wins[i][0] or _overlap_x(wins[i], wins[j]) > nms:
+                continue
+            if arg[i] == arg[j] and _overlap_x(wins[i], wins[j]) > 0:
+                continue  # one name, one object
+            if total[j] + gain[i] > total[i]:
+                total[i], prev[i] = total[j] + float(gain[i]), j
+    if not prev:
+        return [], _leftovers(blob, [])
+    end = max(prev, key=lambda i: total[i])
+    picked: list[int] = []
+    k: int | None = end
+    while k is not None:
+        picked.append(k)
+        k = prev[k]
+    picked.reverse()
+    return picked, _leftovers(blob, [wins[i] for i in picked])
+
+
+def _leftovers(blob: Blob, picked: list[Box], min_width: float = 0.45) -> list[Box]:
+    """Runs of the blob's width that no picked window covers, as wide as ``min_width`` x its height."""
+    x, y, w, h = blob.box
+    covered = np.zeros(w, bool)
+    for px, _, pw, _ in picked:
+        covered[max(0, px - x) : max(0, px - x + pw)] = True
+    out, start = [], None
+    for i, c in enumerate(np.append(covered, True)):
+        if not c and start is None:
+            start = i
+        elif c and start is not None:
+            if i - start >= min_width * h:
+                out.append((x + start, y, i - start, h))
+            start = None
+    return out
+
+
+def follow(prev: list[tuple[Box, list[Box]]], blob: Blob, size_change: float = 0.08) -> list[Box] | None:
+    """Last frame's picked windows in this blob, moved as the blob moved, when the blob is the
+    same one (IoU >= 0.5) and kept its size (width and height within ``size_change``); else None."""
+    x, y, w, h = blob.box
+    for (px, py, pw, ph), picks in prev:
+        if not picks or abs(w - pw) > size_change * pw or abs(h - ph) > size_change * ph:
+            continue
+        ix = max(0, min(x + w, px + pw) - max(x, px))
+        iy = max(0, min(y + h, py + ph) - max(y, py))
+        inter = ix * iy
+        if inter / (w * h + pw * ph - inter) < 0.5:
+            continue
+        dx, dy = (x - px + (x + w) - (px + pw)) / 2, (y + h) - (py + ph)
+        return [(int(round(bx + dx)), int(round(by + dy)), bw, bh) for bx, by, bw, bh in picks]
+    return None

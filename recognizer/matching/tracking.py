@@ -1,0 +1,259 @@
+"""Tracks across frames: boxes associated by IoU, scores smoothed, labels kept stable.
+
+A track's item scores are an EMA over its frames; candidate items are assigned one-to-one
+to the visible tracks (Hungarian) when a candidate set is known; a label changes only after
+a challenger wins for ``switch_frames`` frames by ``switch_margin``; below the threshold it
+reads ``unknown``. A track that loses its box coasts (keeps its label, hidden) for
+``leave_frames`` frames before it leaves, so a hand passing over an item does not rename it.
+When the whole frame moves (a pan), the tracks' boxes move with it before association.
+
+Verification per track: geometric verification of a track's best candidates (the gallery's
+stored local features) runs when the track is born and when its label is challenged, never
+per frame; the inliers found are cached on the track and added to its scores as a bonus.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+UNKNOWN = "unknown"
+Box = tuple[int, int, int, int]  # x, y, w, h
+
+
+def iou(a: Box, b: Box) -> float:
+    ax1, ay1, bx1, by1 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
+    iw = max(0, min(ax1, bx1) - max(a[0], b[0]))
+    ih = max(0, min(ay1, by1) - max(a[1], b[1]))
+    inter = iw * ih
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+@dataclass
+class Track:
+    track_id: int
+    box: Box
+    scores: np.ndarray  # smoothed item scores over the label set
+    label: str = UNKNOWN
+    score: float = float("nan")
+    pending: str | None = None
+    pending_count: int = 0
+    missed: int = 0
+    age: int = 0
+    announced: bool = False
+    bonus: np.ndarray | None = None  # cached verification bonus per label (None: not verified)
+    verified_for: frozenset = field(default_factory=frozenset)  # the labels the cached result covers
+
+    def to_state(self) -> dict[str, Any]:
+        """The track as one entry of the per-frame state stream."""
+        return {
+            "track_id": self.track_id, "item_id": self.label,
+            "score": None if not np.isfinite(self.score) else round(float(self.score), 4),
+            "box": [int(v) for v in self.box], "visible": self.missed == 0, "age": self.age,
+        }  # fmt: skip
+
+
+@dataclass
+class Event:
+    kind: str  # appear | change | leave
+    frame: int
+    time: float
+    track_id: int
+    item_id: str
+    previous: str | None
+    score: float
+    box: Box
+
+    def to_json(self) -> str:
+        d = self.__dict__.copy()
+        d["box"] = [int(v) for v in self.box]
+        d["score"] = None if not np.isfinite(self.score) else round(float(self.score), 4)
+        return json.dumps(d)
+
+
+def assign(scores: np.ndarray, one_to_one: bool) -> np.ndarray:
+    """Column chosen for each row: argmax, or a one-to-one Hungarian assignment maximising the total."""
+    if scores.size == 0:
+        return np.zeros(len(scores), np.int64)
+    if not one_to_one or scores.shape[0] > scores.shape[1]:
+        return scores.argmax(axis=1)
+    from scipy.optimize import linear_sum_assignment
+
+    rows, cols = linear_sum_assignment(-scores)
+    out = np.empty(scores.shape[0], np.int64)
+    out[rows] = cols
+    return out
+
+
+# verify(track, label indices) -> bonus per label (len(labels)); called only at birth and on a challenge
+Verifier = Callable[[Track, np.ndarray], np.ndarray]
+
+
+class LabelTracker:
+    """Associates boxes across frames and keeps each track's label stable (EMA + hysteresis)."""
+
+    def __init__(
+        self, labels: Sequence[str], cfg: Any, threshold: float, one_to_one: bool, verifier: Verifier | None = None
+    ):
+        self.labels = list(labels)
+        self.cfg = cfg
+        self.threshold = threshold
+        self.one_to_one = one_to_one
+        self.verifier = verifier
+        self.tracks: list[Track] = []
+        self._next_id = 1
+        self._col = {it: j for j, it in enumerate(self.labels)}
+        self.verifications = 0
+
+    def shift(self, dx: float, dy: float) -> None:
+        """The camera moved by (dx, dy) px: every track's box moves with the table."""
+        for tr in self.tracks:
+            x, y, w, h = tr.box
+            tr.box = (int(round(x + dx)), int(round(y + dy)), w, h)
+
+    def _associate(self, boxes: list[Box], scores: np.ndarray) -> None:
+        """Boxes to tracks by overlap (IoU >= ``iou_match``), best pairs first, where a named track
+        prefers the box that scores its item near that box's best: of two overlapping boxes, the
+        one showing its item rather than the neighbour's."""
+        cfg = self.cfg
+        unmatched = set(range(len(boxes)))
+        pairs = []
+        for ti, tr in enumerate(self.tracks):
+            col = self._col.get(tr.label)
+            for bi, b in enumerate(boxes):
+                ov = iou(tr.box, b)
+                if ov < cfg.iou_match:
+                    continue
+                aff = ov - (2.0 * max(0.0, float(scores[bi].max() - scores[bi, col])) if col is not None and scores.size else 0.0)
+                pairs.append((aff, ti, bi))
+        pairs.sort(reverse=True)
+        used: set[int] = set()
+        for _, ti, bi in pairs:
+            if ti in used or bi not in unmatched:
+                continue
+            tr = self.tracks[ti]
+            tr.box = boxes[bi]
+            tr.scores = cfg.ema * scores[bi] + (1 - cfg.ema) * tr.scores
+            tr.missed = 0
+            tr.age += 1
+            used.add(ti)
+            unmatched.discard(bi)
+        for ti, tr in enumerate(self.tracks):
+            if ti not in used:
+                tr.missed += 1
+        for bi in sorted(unmatched):
+            self.tracks.append(Track(self._next_id, boxes[bi], scores[bi].copy()))
+            self._next_id += 1
+
+    def update(self, frame_index: int, t: float, boxes: list[Box], scores: np.ndarray) -> list[Event]:
+        """Feed one frame's boxes and their ``len(boxes) x len(labels)`` scores; returns events."""
+        cfg = self.cfg
+        events: list[Event] = []
+        self._associate(boxes, scores)
+        keep = []
+        for tr in self.tracks:  # drop tracks gone too long; coasting ones keep their label
+            if tr.missed > cfg.leave_frames:
+                if tr.announced:
+                    events.append(Event("leave", frame_index, t, tr.track_id, tr.label, None, tr.score, tr.box))
+            else:
+                keep.append(tr)
+        self.tracks = keep
+        visible = [tr for tr in self.tracks if tr.missed == 0]
+        if not visible or not self.labels:
+            return events
+        mat = np.stack([self._scores(tr) for tr in visible])
+        sticky = mat.copy()  # a track's own label is worth the switch margin to it
+        for i, tr in enumerate(visible):
+            if tr.label in self._col:
+                sticky[i, self._col[tr.label]] += cfg.switch_margin
+        chosen = assign(sticky, self.one_to_one)
+        for i, (tr, c) in enumerate(zip(visible, chosen, strict=True)):
+            s = float(mat[i, c])
+            proposal = self.labels[c] if s >= self.threshold else UNKNOWN
+            cur = self._col.get(tr.label)
+            if proposal not in (tr.label, UNKNOWN) and cur is not None and self._verify(tr, [c, cur]):
+                s = float(self._scores(tr)[c])  # re-scored with the verification of both
+                proposal = self.labels[c] if s >= self.threshold else UNKNOWN
+            # its name went to another track (one-to-one): give it up now, never show one name twice
+            lost = self.one_to_one and cur is not None and proposal != tr.label and any(
+                cc == cur and o is not tr for o, cc in zip(visible, chosen, strict=True)
+            )
+            if not lost and proposal not in (tr.label, UNKNOWN) and cur is not None and self._scores(tr)[cur] + cfg.switch_margin > s:
+                proposal, s = tr.label, float(self._scores(tr)[cur])  # a challenger must win clearly
+            if proposal != UNKNOWN and not tr.announced:
+                self._reidentify(tr, proposal)
+            events += self._hysteresis(tr, proposal, s, frame_index, t, now=lost)
+        return events
+
+    def _reidentify(self, tr: Track, label: str) -> None:
+        """A new track named like a coasting one is that item back (after an occlusion): it takes over
+        the coasting track's id and label, so no appear/leave pair and no second box of one item."""
+        old = next((o for o in self.tracks if o.missed and o.announced and o.label == label), None)
+        if old is None:
+            return
+        tr.track_id, tr.label, tr.announced, tr.score = old.track_id, old.label, True, old.score
+        if old.bonus is not None and tr.bonus is None:
+            tr.bonus, tr.verified_for = old.bonus, old.verified_for
+        self.tracks.remove(old)
+
+    def _scores(self, tr: Track) -> np.ndarray:
+        """Smoothed scores plus the cached verification bonus, which only breaks near-ties: it counts
+        for items within ``verify_window`` of the track's best embedding score, so a track that
+        slipped onto a neighbour does not carry its old item's bonus along."""
+        if tr.bonus is None:
+            return tr.scores
+        near = tr.scores >= tr.scores.max() - getattr(self.cfg, "verify_window", 0.1)
+        return tr.scores + np.where(near, tr.bonus, 0.0)
+
+    def _verify(self, tr: Track, cols: Sequence[int]) -> bool:
+        """Verify these labels on the track once (cached); True when it ran now."""
+        if self.verifier is None:
+            return False
+        need = frozenset(int(c) for c in cols) - tr.verified_for
+        if not need:
+            return False
+        b = self.verifier(tr, np.array(sorted(need), np.int64))
+        if b is None:
+            return False
+        tr.bonus = (tr.bonus if tr.bonus is not None else np.zeros(len(self.labels), np.float32)) + b
+        tr.verified_for = tr.verified_for | need
+        self.verifications += 1
+        return True
+
+    def verify_new(self, top: int) -> None:
+        """Verify the ``top`` best labels of tracks seen for the first time (call after :meth:`update`)."""
+        for tr in self.tracks:
+            if self.verifier is not None and tr.missed == 0 and not tr.verified_for and tr.age >= 1:
+                self._verify(tr, np.argsort(-tr.scores)[:top])
+
+    def _hysteresis(
+        self, tr: Track, proposal: str, score: float, frame_index: int, t: float, now: bool = False
+    ) -> list[Event]:
+        if proposal == tr.label:
+            tr.pending, tr.pending_count, tr.score = None, 0, score
+            return []
+        if proposal == tr.pending:
+            tr.pending_count += 1
+        else:
+            tr.pending, tr.pending_count = proposal, 1
+        if now:
+            need = 1
+        elif not tr.announced:
+            need = self.cfg.appear_frames
+        elif proposal == UNKNOWN:
+            # a named item under a hand keeps its name as long as it would coast
+            need = max(self.cfg.leave_frames, self.cfg.switch_frames)
+        else:
+            need = self.cfg.switch_frames
+        if tr.pending_count < need:
+            return []
+        prev = tr.label
+        tr.label, tr.score, tr.pending, tr.pending_count = proposal, score, None, 0
+        kind = "appear" if not tr.announced else "change"
+        tr.announced = True
+        return [Event(kind, frame_index, t, tr.track_id, proposal, None if kind == "appear" else prev, score, tr.box)]

@@ -1,0 +1,112 @@
+"""Proposals on a table: the background follows light, shadows and pans; touching items are separated."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from recognizer.data.backgrounds import load_backgrounds
+from recognizer.matching.proposals import (
+    Blob,
+    TableBackground,
+    blobs_from_mask,
+    follow,
+    select_boxes,
+    split_boxes,
+)
+
+
+def _table(seed: int = 0) -> np.ndarray:
+    bg = cv2.resize(load_backgrounds(["coffee"])[0], (360, 200), interpolation=cv2.INTER_AREA)
+    rng = np.random.default_rng(seed)
+    return np.clip(bg + rng.normal(0, 2, bg.shape), 0, 255).astype(np.uint8)
+
+
+def _learnt(frames: int = 10) -> tuple[TableBackground, np.ndarray]:
+    bgm = TableBackground(warmup=frames)
+    for i in range(frames):
+        bgm.apply(_table(i), [])
+    return bgm, _table(99)
+
+
+def test_dimming_to_half_and_a_shadow_make_no_objects_but_an_item_does():
+    bgm, table = _learnt()
+    for light in (0.8, 0.6, 0.5, 0.6, 0.8, 1.0):
+        mask, shift = bgm.apply((table * light).astype(np.uint8), [])
+        assert (mask > 0).mean() < 0.005, light
+        assert shift == (0.0, 0.0)
+    shade = np.ones(table.shape[:2], np.float32)
+    cv2.circle(shade, (180, 100), 40, 0.65, -1)
+    shade = cv2.GaussianBlur(shade, (0, 0), 5)
+    mask, _ = bgm.apply((table * shade[:, :, None]).astype(np.uint8), [])
+    assert (mask > 0).mean() < 0.005  # a soft shadow keeps the table's colour
+    item = table.copy()
+    cv2.rectangle(item, (100, 60), (160, 150), (40, 160, 220), -1)
+    mask, _ = bgm.apply(item, [])
+    blobs = blobs_from_mask(mask, bgm.scale, 0.01, 8)
+    assert len(blobs) == 1
+    x, y, w, h = blobs[0][0]
+    assert abs(x - 100) <= 6 and abs(y - 60) <= 6 and abs(w - 60) <= 10 and abs(h - 90) <= 10
+
+
+def test_a_camera_pan_moves_the_background_instead_of_making_objects():
+    big = cv2.resize(load_backgrounds(["coffee"])[0], (400, 200), interpolation=cv2.INTER_AREA)
+    bgm = TableBackground(warmup=5)
+    for _ in range(5):
+        bgm.apply(big[:, :360].copy(), [])
+    total = 0.0
+    for ox in range(4, 40, 4):  # 36 px = 10% of the width, 4 px a frame
+        mask, (dx, _) = bgm.apply(big[:, ox : ox + 360].copy(), [])
+        total += dx
+        assert (mask > 0).mean() < 0.01, ox
+    assert abs(total + 36) < 4  # the view moved right: the table moved left in the frame
+
+
+def test_windows_pick_one_tight_window_per_touching_item():
+    # a blob of three touching items: windows over each, a wide one over all, two straddling ones
+    wins = [(0, 0, 300, 100), (0, 0, 100, 100), (100, 0, 100, 100), (200, 0, 100, 100), (50, 0, 100, 100),
+            (150, 0, 100, 100)]  # fmt: skip
+    s = np.full((len(wins), 4), 0.3, np.float32)
+    s[0, 0] = 0.85  # the whole blob looks most like item 0
+    s[1, 0], s[2, 1], s[3, 2] = 0.8, 0.75, 0.78
+    s[4, 0], s[5, 1] = 0.77, 0.72  # straddling windows half-see an item
+    picked, rest = select_boxes(Blob(wins[0], wins), s, accept=0.6)
+    assert picked == [1, 2, 3] and rest == []
+
+
+def test_a_part_that_matches_no_candidate_is_left_over_as_unknown():
+    wins = [(0, 0, 300, 100), (0, 0, 100, 100), (100, 0, 100, 100), (200, 0, 100, 100)]
+    s = np.full((4, 3), 0.3, np.float32)
+    s[1, 0], s[2, 1] = 0.8, 0.75  # a hand over the right third matches nothing
+    picked, rest = select_boxes(Blob(wins[0], wins), s, accept=0.6)
+    assert picked == [1, 2] and rest == [(200, 0, 100, 100)]
+    picked, rest = select_boxes(Blob(wins[0], wins), np.full((4, 3), 0.3, np.float32), accept=0.6)
+    assert picked == [] and rest == [(0, 0, 300, 100)]
+
+
+def test_one_name_is_never_given_to_two_overlapping_windows():
+    wins = [(0, 0, 200, 100), (0, 0, 110, 100), (90, 0, 110, 100)]
+    s = np.array([[0.5, 0.5], [0.8, 0.3], [0.79, 0.7]], np.float32)
+    picked, _ = select_boxes(Blob(wins[0], wins), s, accept=0.6)
+    assert picked == [1]  # the second window's best name is taken by its overlapping neighbour
+
+
+def test_mask_split_separates_two_touching_discs():
+    m = np.zeros((60, 120), np.uint8)
+    cv2.circle(m, (32, 30), 26, 1, -1)
+    cv2.circle(m, (84, 30), 26, 1, -1)
+    boxes = split_boxes((0, 0, 240, 120), m, 0.5)
+    assert len(boxes) == 3  # the whole blob, then its two parts
+    parts = sorted(boxes[1:])
+    assert parts[0][0] < 20 and 130 < parts[1][0] + parts[1][2] // 2 < 200
+    s = np.array([[0.6], [0.8], [0.8]], np.float32)
+    assert select_boxes(Blob(boxes[0], boxes, "split"), s, 0.5)[0] == [1, 2]
+    assert select_boxes(Blob(boxes[0], boxes, "split"), np.array([[0.9], [0.7], [0.7]]), 0.5)[0] == [0]
+
+
+def test_follow_moves_last_picks_with_the_blob_and_drops_them_when_it_changes_size():
+    prev = [((100, 50, 200, 100), [(100, 50, 100, 100), (200, 50, 100, 100)])]
+    assert follow(prev, Blob((110, 52, 200, 100))) == [(110, 52, 100, 100), (210, 52, 100, 100)]
+    assert follow(prev, Blob((110, 52, 260, 100))) is None  # a hand joined it: search again
+    assert follow(prev, Blob((400, 52, 200, 100))) is None
+

@@ -1,0 +1,64 @@
+"""Tracks: coasting through occlusions, one name per object, verification once per track."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from recognizer.matching.camera import UNKNOWN, CameraConfig, LabelTracker
+
+
+def _tracker(labels=("a", "b", "c"), verifier=None, **kw) -> LabelTracker:
+    cfg = CameraConfig(proposals="full", ema=1.0, **kw)
+    return LabelTracker(list(labels), cfg, threshold=0.5, one_to_one=True, verifier=verifier)
+
+
+def test_a_track_coasts_through_a_short_occlusion_and_keeps_its_name():
+    tr = _tracker(leave_frames=10)
+    box = (10, 10, 50, 50)
+    tr.update(0, 0.0, [box], np.array([[0.9, 0.2, 0.1]]))
+    evs = [e for f in range(1, 9) for e in tr.update(f, 0.0, [], np.zeros((0, 3)))]  # a hand covers it
+    assert evs == [] and tr.tracks[0].label == "a" and tr.tracks[0].missed == 8
+    moved = (30, 12, 50, 50)  # back, a little further on: no IoU with the old box
+    assert tr.update(9, 0.0, [moved], np.array([[0.9, 0.2, 0.1]])) == []  # re-identified: no appear/leave
+    assert [(t.track_id, t.label, t.missed) for t in tr.tracks] == [(1, "a", 0)]
+
+
+def test_a_track_gone_longer_than_it_coasts_leaves():
+    tr = _tracker(leave_frames=3)
+    tr.update(0, 0.0, [(0, 0, 20, 20)], np.array([[0.9, 0.2, 0.1]]))
+    evs = [e for f in range(1, 6) for e in tr.update(f, 0.0, [], np.zeros((0, 3)))]
+    assert [(e.kind, e.item_id) for e in evs] == [("leave", "a")]
+
+
+def test_one_name_is_never_shown_on_two_tracks():
+    tr = _tracker(switch_frames=5)
+    b1, b2 = (0, 0, 40, 40), (100, 0, 40, 40)
+    tr.update(0, 0.0, [b1], np.array([[0.80, 0.3, 0.2]]))
+    # a second object appears; it is 'a' far more than the first, which is really 'b'
+    tr.update(1, 0.0, [b1, b2], np.array([[0.70, 0.68, 0.2], [0.95, 0.3, 0.2]]))
+    labels = [t.label for t in tr.tracks if t.announced]
+    assert sorted(labels) == ["a", "b"], labels  # the first gave 'a' up at once instead of after 5 frames
+
+
+def test_nothing_like_a_candidate_is_unknown():
+    tr = _tracker()
+    tr.update(0, 0.0, [(0, 0, 40, 40)], np.array([[0.41, 0.40, 0.35]]))  # a hand
+    assert tr.tracks[0].label == UNKNOWN
+
+
+def test_verification_runs_once_per_track_not_per_frame():
+    calls = []
+
+    def verifier(track, cols):
+        calls.append((track.track_id, sorted(int(c) for c in cols)))
+        bonus = np.zeros(3, np.float32)
+        bonus[1] = 0.3 if 1 in cols else 0.0  # local features say 'b'
+        return bonus
+
+    tr = _tracker(verifier=verifier, verify_top=2)
+    box = (0, 0, 40, 40)
+    for f in range(20):
+        tr.update(f, 0.0, [box], np.array([[0.8, 0.75, 0.1]]))
+        tr.verify_new(2)
+    assert calls == [(1, [0, 1])]  # at birth only
+    assert tr.tracks[0].label == "b"  # the embedding alone said 'a'
