@@ -95,8 +95,9 @@ def create_app(cfg: ServiceConfig, service: Service | None = None) -> FastAPI:
         yield
         svc.close()
 
-    app = FastAPI(title="recognizer", version=API_VERSION, description=__doc__, lifespan=lifespan)
+    app = FastAPI(title="recognizer", version=API_VERSION, description=__doc__, lifespan=lifespan, docs_url=None)
     app.state.service = svc
+    _install_docs(app)
 
     def need_write(request: Request) -> None:
         check_bearer(request.headers.get("authorization"), svc.token)
@@ -227,6 +228,24 @@ def _endpoint(app: FastAPI, scope) -> str:
         if m == Match.FULL:
             return getattr(r, "path", "other")
     return "unmatched"
+
+
+def _install_docs(app: FastAPI) -> None:
+    """``/docs`` with Swagger UI served from the swagger-ui-bundle package: FastAPI's default page loads it
+    from a CDN, which an offline machine cannot reach."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-static", StaticFiles(directory=str(swagger_ui_path)), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> Response:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json", title="recognizer API",
+            swagger_js_url="/docs-static/swagger-ui-bundle.js", swagger_css_url="/docs-static/swagger-ui.css",
+            swagger_favicon_url="/docs-static/favicon-32x32.png",
+        )  # fmt: skip
 
 
 def _install_handlers(app: FastAPI, svc: Service, cfg: ServiceConfig) -> None:

@@ -38,7 +38,11 @@ def test_token_file_is_private_and_reused(served):
 def test_healthz_docs_and_no_cors(client):
     h = client.get("/healthz").json()
     assert h["status"] == "ok" and h["items"] >= 4
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "cdn" not in docs.text.lower()  # no CDN: the machine may be offline
+    assert "/docs-static/swagger-ui-bundle.js" in docs.text
+    js = client.get("/docs-static/swagger-ui-bundle.js")
+    assert js.status_code == 200 and len(js.content) > 100_000
     api = client.get("/openapi.json").json()
     assert {"/v1/match", "/v1/items", "/healthz", "/metrics"} <= set(api["paths"])
     r = client.options("/v1/match", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
