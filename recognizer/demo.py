@@ -188,8 +188,9 @@ def run_demo(
             gallery=str(gdir),
         )
         results["models"][label] = metrics
-        last = (gallery, net, gdir)
-    gallery, net, gdir = last
+        if "random init" not in label:  # the report and the camera show the product: the last real model
+            product = (gallery, net, gdir)
+    gallery, net, gdir = product
     if report:
         from .evaluation.report import run_report
         from .matching.settings import resolve_query

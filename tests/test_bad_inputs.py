@@ -151,7 +151,7 @@ def test_image_corpus_through_enroll_match_report_train(corpus):
     assert "duplicate" in out.lower()
     _record("duplicate row", "enroll", r, "row skipped, reported as duplicate")
     # every readable odd file enrolled once; the catalog rows were already there (skipped as identical)
-    assert n1 - n0 == len(cases) - len(UNREADABLE)  # every readable odd file, once
+    assert n1 - n0 == 2 * (len(cases) - len(UNREADABLE))  # every readable odd file, once (x the 2 default views)
     _no_temp_files(g2)
 
     pred = corpus["root"] / "pred.csv"
@@ -180,7 +180,7 @@ def test_image_corpus_through_enroll_match_report_train(corpus):
             _record(case, "report", r, "evaluated")
     doc = json.loads((rep / "metrics.json").read_text())
     assert doc["metrics"]["queries"] > 0 and len(doc["skipped"]) == len(UNREADABLE)
-    assert _gallery_state(g)[0] == 8
+    assert _gallery_state(g)[0] == 16  # the 8 catalog photos x 2 views, untouched by the bad queries
 
     run = corpus["root"] / "train"
     r = _tool("train", "--manifest", str(data / "corpus.csv"), "--out", str(run), "model.input_size=64",
@@ -323,7 +323,7 @@ def test_gallery_problems(corpus, tiny_catalog):
         r = _tool(tool, "--gallery", str(g), *args)
         assert r.returncode == 2 and "model" in r.stderr, r.stderr[-1500:]
         _record("gallery from another model", tool, r, f"error: {_error_line(r)}")
-    assert _gallery_state(g)[0] == 8
+    assert _gallery_state(g)[0] == 16  # the 8 catalog photos x 2 views, untouched by the bad queries
     # corrupted gallery files: the index, then the database
     for what in ("index file", "database"):
         bad = root / f"corrupt_{what.replace(' ', '_')}"

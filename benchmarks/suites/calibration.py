@@ -70,7 +70,7 @@ def run(
         raise ValueError(f"unknown protocol(s) {unknown}; choose from {', '.join(PROTOCOLS)}")
     tmp = Path(tempfile.mkdtemp(dir=workdir, prefix="bench_calib_"))
     net = load_model(model)
-    res: dict[str, Any] = {"model": model, "protocols": {}}
+    res: dict[str, Any] = {"model": model, "by_protocol": {}}
     try:
         for name in protocols:
             mname, folder = PROTOCOLS[name]
@@ -79,7 +79,7 @@ def run(
             else:
                 root, mpath = Path(shared_data) / folder, Path(manifests) / f"{mname}.csv"
                 if not root.is_dir() or not mpath.is_file():
-                    res["protocols"][name] = {"skipped": f"no data at {root} or no manifest {mpath}"}
+                    res["by_protocol"][name] = {"skipped": f"no data at {root} or no manifest {mpath}"}
                     continue
                 m = load_manifest(mpath, root)
             queries = m.select(role="query")[::query_stride][:max_queries]
@@ -106,7 +106,7 @@ def run(
             best_single = max((r for o, r in rows.items() if o not in ("calibrated",)), key=lambda r: r["top1"])
             cell["calibrated_minus_best_single_top1"] = round(rows["calibrated"]["top1"] - best_single["top1"], 4)
             cell["rows"] = rows
-            res["protocols"][name] = cell
+            res["by_protocol"][name] = cell
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return res

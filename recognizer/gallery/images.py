@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fileio import write_bytes_atomic
-from .store import IMAGES_SCHEMA, GalleryStore
+from .store import IMAGES_SCHEMA, GalleryStore, storable
 
 IMAGES_DIR = "images"
 STORE_MODES = ("full", "thumbnails")
@@ -77,7 +77,7 @@ class ImageStore:
             thumb = self.relative(sha, ".thumb.jpg")
             if not (self.home / thumb).is_file():
                 write_bytes_atomic(self.home / thumb, _thumbnail(data))
-        return sha, file, thumb, str(src.absolute()), len(data), time.time()
+        return sha, file, thumb, storable(src.absolute()), len(data), time.time()
 
     def record(self, rows: Sequence[tuple]) -> None:
         """List ``(sha256, file, thumb, source, bytes, added)`` rows (already written) in this version's database."""
