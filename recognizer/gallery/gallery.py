@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from . import versions
 from .errors import (
     EmptyGalleryError,
     GalleryCorruptError,
@@ -36,6 +35,7 @@ from .scoring import SCORE_MODES, Match, get_score_mode, normalize_rows
 from .search import Candidates, Searcher, State, as_queries, variant_state
 from .state import GalleryState
 from .store import DB_FILE, GalleryStore, storable
+from .versions import POINTER, active_dir
 
 
 @dataclass
@@ -68,7 +68,7 @@ class Gallery:
     def __init__(self, root: Path, *, ann_threshold: int = 50_000, use_gpu: bool | None = None,
                  lock_timeout: float = 10.0, version_dir: Path | None = None):  # fmt: skip
         self.root = Path(root)  # the gallery folder; its active version's files are in data_root (:mod:`.versions`)
-        self.data_root = Path(version_dir) if version_dir is not None else versions.active_dir(self.root)
+        self.data_root = Path(version_dir) if version_dir is not None else active_dir(self.root)
         self.store = GalleryStore(self.data_root, lock_timeout, home=self.root)
         self.searcher = Searcher(self.data_root, ann_threshold=ann_threshold, use_gpu=use_gpu)
         self._s = GalleryState(self.store)
@@ -122,7 +122,7 @@ class Gallery:
     @staticmethod
     def exists(root: str | os.PathLike) -> bool:
         """Whether ``root`` holds a gallery (any version of one)."""
-        return (Path(root) / versions.POINTER).is_file() or (Path(root) / DB_FILE).is_file()
+        return (Path(root) / POINTER).is_file() or (Path(root) / DB_FILE).is_file()
 
     def refresh(self) -> bool:
         """Catch up with other processes' commits (reading only what they added); True when vectors changed."""

@@ -39,7 +39,6 @@ from typing import Any
 import numpy as np
 
 from ..fileio import fsync_replace
-from . import versions
 from .errors import GalleryCorruptError, GalleryError, GalleryLockedError, GallerySupersededError
 from .segments import (
     SEGMENT_PREFIX,
@@ -50,6 +49,7 @@ from .segments import (
     list_segments,
     read_segment,
 )
+from .versions import is_superseded
 
 FORMAT_VERSION = 2
 DB_FILE = "gallery.sqlite"
@@ -279,7 +279,7 @@ class GalleryStore:
     def writer(self) -> Iterator[sqlite3.Connection]:
         """The writer lock and a connection; upgrades a format-1 gallery and removes orphan files first."""
         with _flock(self.root / LOCK_FILE, self.lock_timeout):
-            if active := versions.is_superseded(self.home, self.root):
+            if active := is_superseded(self.home, self.root):
                 raise GallerySupersededError(
                     f"{self.home}: re-embedded since this process opened it (version {active} is active now, with "
                     "another model); reopen the gallery with its model to change it"
