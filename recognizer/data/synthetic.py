@@ -289,6 +289,20 @@ def generate_catalog(
     return manifest
 
 
+def border_color(rgb: np.ndarray, width: int = 4) -> tuple[float, float]:
+    """Mean and standard deviation of the image's border pixels (grayscale)."""
+    g = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    b = np.concatenate([g[:width].ravel(), g[-width:].ravel(), g[:, :width].ravel(), g[:, -width:].ravel()])
+    return float(b.mean()), float(b.std())
+
+
+def plain_background(rgb: np.ndarray) -> float | None:
+    """The border's mean grey when it is one clean white (> 220) or black (< 50) colour, as on a
+    catalog or turntable shot whose item can be cut out; else None."""
+    mean, std = border_color(rgb)
+    return mean if std < 12 and (mean > 220 or mean < 50) else None
+
+
 def rgba_from_plain_background(rgb: np.ndarray, *, dark: bool, tol: int = 30) -> np.ndarray:
     """Cut an object out of a clean black (``dark=True``) or white background: RGBA with a soft mask."""
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)

@@ -30,7 +30,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
 import numpy as np
 
 from ..data.imageio import ImageLoadError, crop_bbox, load_image
@@ -40,7 +39,7 @@ from ..models.embed import pool_view_embeddings
 from .cues import COLOUR_METHOD, add_colour, colour_histogram
 from .options import QueryOptions, parse_view, view_name
 from .pipeline import COLOUR_TOP, Recognizer
-from .rerank import RerankConfig, count_inliers, extract
+from .rerank import RerankConfig, count_inliers, extract, verification_bonus
 from .settings import PHOTO_DEFAULTS
 
 VIEWS = ("whole", "crop:0.6", "crop:0.8")
@@ -77,12 +76,11 @@ def _read(path: str, key: str) -> np.ndarray:
 
 def synthetic_views(rgb: np.ndarray, n: int, rng: np.random.Generator, backgrounds: Sequence[np.ndarray]) -> list[np.ndarray]:
     """``n`` wild-looking photos of one enrolled photo: cut out when its background is plain, else the whole photo."""
-    from ..data.synthetic import rgba_from_plain_background, wild_photo
+    from ..data.synthetic import plain_background, rgba_from_plain_background, wild_photo
 
-    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    border = np.concatenate([gray[:4].ravel(), gray[-4:].ravel(), gray[:, :4].ravel(), gray[:, -4:].ravel()])
-    if border.std() < 12 and (border.mean() > 220 or border.mean() < 50):
-        rgba = rgba_from_plain_background(rgb, dark=border.mean() < 50)
+    border = plain_background(rgb)
+    if border is not None:
+        rgba = rgba_from_plain_background(rgb, dark=border < 50)
     else:
         rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
     h, w = rgba.shape[:2]
@@ -248,6 +246,8 @@ class _Scorer:
         self._inliers: dict[tuple[int, int], tuple[int, float]] = {}  # (query, vid) -> (inliers, ms)
         self.final = np.zeros((0, len(self.items)), np.float32)  # the last measured trial's final scores
         self._colours: tuple | None = None
+        without = set(pq.without_vids)
+        self.kept = [r for r in gallery.records() if r["vid"] not in without]  # the reference photos' vectors
         self.photo_vids: dict[str, list[int]] = {}  # item -> first-view vids with features, oldest first
         self.method: str | None = None
 
@@ -282,11 +282,9 @@ class _Scorer:
 
     def setup_rerank(self, method: str) -> None:
         self.method = method
-        without = set(self.pq.without_vids)
-        stored = self.g.features.of_vectors([r["vid"] for r in self.g.records() if r["vid"] not in without], method)
-        self.gallery_feats = stored
-        for r in self.g.records():
-            if r["vid"] in stored:
+        self.gallery_feats = self.g.features.of_vectors([r["vid"] for r in self.kept], method)
+        for r in self.kept:
+            if r["vid"] in self.gallery_feats:
                 self.photo_vids.setdefault(r["item_id"], []).append(int(r["vid"]))
 
     def inliers(self, q: int, vid: int, cfg: RerankConfig) -> tuple[int, float]:
@@ -306,11 +304,9 @@ class _Scorer:
             t0 = time.perf_counter()
             qh = [colour_histogram(im) for im in self.pq.images]
             ms = 1000 * (time.perf_counter() - t0) / max(1, len(qh))
-            without = set(self.pq.without_vids)
-            recs = [r for r in self.g.records() if r["vid"] not in without]
-            stored = self.g.features.of_vectors([r["vid"] for r in recs], COLOUR_METHOD)
+            stored = self.g.features.of_vectors([r["vid"] for r in self.kept], COLOUR_METHOD)
             ih: dict[str, list[np.ndarray]] = {}
-            for r in recs:
+            for r in self.kept:
                 if r["vid"] in stored:
                     ih.setdefault(r["item_id"], []).append(stored[r["vid"]][1])
             self._colours = (qh, ih, ms)
@@ -349,8 +345,7 @@ class _Scorer:
             for vid in self.photo_vids.get(self.items[j], [])[: cfg.per_item]:
                 ni, mi = self.inliers(q, vid, cfg)
                 n, ms = max(n, ni), ms + mi
-            if n >= cfg.min_inliers:
-                row[j] += cfg.weight * n / (n + cfg.min_inliers)
+            row[j] += verification_bonus(n, cfg)
         return ms + self._feats[q][1] if q in self._feats else ms
 
 

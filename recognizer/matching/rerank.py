@@ -135,9 +135,13 @@ def rerank_scores(
             default=0,
         )
         inliers[item] = n
-        if n >= cfg.min_inliers:
-            final[j] += cfg.weight * n / (n + cfg.min_inliers)
+        final[j] += verification_bonus(n, cfg)
     return final, inliers, cut
+
+
+def verification_bonus(inliers: int, cfg: RerankConfig) -> float:
+    """What ``inliers`` add to an item's embedding score: nothing below the gate ``min_inliers``."""
+    return cfg.weight * inliers / (inliers + cfg.min_inliers) if inliers >= cfg.min_inliers else 0.0
 
 
 def verify_items(

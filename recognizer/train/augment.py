@@ -16,14 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..data.synthetic import plain_background
+
 MASK_METHODS = ("auto", "plain", "grabcut")
-
-
-def border_color(rgb: np.ndarray, width: int = 4) -> tuple[float, float]:
-    """Mean and standard deviation of the image's border pixels (grayscale)."""
-    g = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    b = np.concatenate([g[:width].ravel(), g[-width:].ravel(), g[:, :width].ravel(), g[:, -width:].ravel()])
-    return float(b.mean()), float(b.std())
 
 
 def foreground_mask(rgb: np.ndarray, method: str = "auto", tol: int = 30) -> np.ndarray | None:
@@ -35,8 +30,8 @@ def foreground_mask(rgb: np.ndarray, method: str = "auto", tol: int = 30) -> np.
     """
     if method not in MASK_METHODS:
         raise ValueError(f"mask method {method!r} is not one of {', '.join(MASK_METHODS)}")
-    mean, std = border_color(rgb)
-    if method in ("auto", "plain") and std < 12 and (mean > 220 or mean < 50):
+    mean = plain_background(rgb)
+    if method in ("auto", "plain") and mean is not None:
         gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
         fg = np.abs(gray - mean) > tol  # differs from the plain background
         mask = fg.astype(np.uint8) * 255
