@@ -73,18 +73,26 @@ def test_live_page_labels_the_fake_camera_video(site, tmp_path):
         drv.find_element(By.ID, "start").click()
         observed: set[tuple[str, str]] = set()
 
+        def snapshot() -> tuple[list[list[str]], set[str]]:
+            # one script reads both lists at once: the page re-renders them every frame, so element
+            # handles fetched one call earlier may already be gone (a stale element, not a failure)
+            labels, seen = drv.execute_script(
+                "const q = s => [...document.querySelectorAll(s)];"
+                "return [q('#labels li').map(li => [li.dataset.label, li.dataset.box]),"
+                "        q('#seen li').map(li => li.dataset.label)];")
+            return labels, set(seen)
+
         def all_seen():
-            for li in drv.find_elements(By.CSS_SELECTOR, "#labels li"):
-                observed.add((li.get_attribute("data-label"), li.get_attribute("data-box")))
-            seen = {li.get_attribute("data-label") for li in drv.find_elements(By.CSS_SELECTOR, "#seen li")}
-            return seen >= in_video and len(drv.find_elements(By.CSS_SELECTOR, "#labels li")) >= 2
+            labels, seen = snapshot()
+            observed.update((lab, box) for lab, box in labels)
+            return seen >= in_video and len(labels) >= 2
 
         try:
             wait_for(all_seen, 90, "every item on the table to be labelled")
         finally:
             status = drv.find_element(By.ID, "live-status").text
             drv.save_screenshot(str(shots(tmp_path) / "live.png"))
-        seen = {li.get_attribute("data-label") for li in drv.find_elements(By.CSS_SELECTOR, "#seen li")}
+        seen = snapshot()[1]
         assert seen == in_video, (seen, status)  # no label of an item that is not on the table
         labels = {lab for lab, _ in observed}
         assert labels - {"unknown"} <= in_video, observed
