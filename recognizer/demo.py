@@ -53,19 +53,13 @@ def _split_roles(m: Manifest, unseen_only: bool) -> tuple[list, list]:
 def _match(gallery: Gallery, net: Any, m: Manifest, rows: list, cands_of: dict, kw: dict) -> tuple[list, list, list, float]:
     """Whole-gallery and within-candidates matches of ``rows`` through the one recognition path, with the
     gallery's own (calibrated) settings; returns (rows matched, full, constrained, ms per query)."""
-    from .matching.pipeline import Recognizer, file_loader
+    from .matching.pipeline import Recognizer
     from .matching.settings import resolve_query
 
     rec = Recognizer(gallery, net, *resolve_query(gallery, "photo"))
-    paths = [m.resolve(r) for r in rows]
-    t0 = time.perf_counter()
-    views = rec.embed_paths(paths, [r.bbox for r in rows], batch_size=kw["batch_size"], num_workers=kw["num_workers"])
-    done = [rows[i] for i in views.indices]
-    load = file_loader([paths[i] for i in views.indices], [r.bbox for r in done])
-    full = rec.match(views, None, load, k=5)
-    ms = 1000 * (time.perf_counter() - t0) / max(1, len(done))
-    constrained = rec.match(views, [cands_of[r.line] for r in done], load, k=5)
-    return done, full, constrained, ms
+    res = rec.match_files([m.resolve(r) for r in rows], [r.bbox for r in rows], [cands_of[r.line] for r in rows],
+                          batch_size=kw["batch_size"], num_workers=kw["num_workers"])  # fmt: skip
+    return [rows[i] for i in res.indices], res.full, res.within, res.ms_per_query
 
 
 def _train_head(m: Manifest, config: str | os.PathLike, out: Path, input_size: int | None, progress: bool) -> Path:

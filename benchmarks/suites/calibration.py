@@ -119,7 +119,7 @@ def _measure(gallery, model, manifest, queries, overrides, mode) -> dict[str, An
     overrides and ``mode`` as the score mode (the gallery's own mode is restored afterwards).
     """
     from recognizer.evaluation.metrics import top1_accuracy
-    from recognizer.matching.pipeline import Recognizer, file_loader
+    from recognizer.matching.pipeline import Recognizer
     from recognizer.matching.settings import PHOTO_DEFAULTS, resolve_query
 
     if overrides is None:
@@ -132,25 +132,17 @@ def _measure(gallery, model, manifest, queries, overrides, mode) -> dict[str, An
         gallery.set_score_mode(mode)
     try:
         rec = Recognizer(gallery, model, opts, rerank, exhaustive=True)
-        paths = [manifest.resolve(r) for r in queries]
-        t0 = time.perf_counter()
-        views = rec.embed_paths(paths, [r.bbox for r in queries], num_workers=0)
-        t_embed = time.perf_counter() - t0
-        load = file_loader([paths[i] for i in views.indices], [queries[i].bbox for i in views.indices])
-        truth = [queries[i].item_id for i in views.indices]
-        t0 = time.perf_counter()
-        full = rec.match(views, None, load, k=5)
-        t_full = time.perf_counter() - t0
-        cands = [tuple(queries[i].candidates) for i in views.indices]
-        cons = rec.match(views, cands, load, k=5)
+        res = rec.match_files([manifest.resolve(r) for r in queries], [r.bbox for r in queries],
+                              [r.candidates for r in queries], k=5, num_workers=0)  # fmt: skip
+        truth = [queries[i].item_id for i in res.indices]
     finally:
         if saved is not None:
             gallery.set_score_mode(saved)
-    n = max(1, len(truth))
     return {
-        "top1": round(top1_accuracy(truth, [m.item_id for m in full]), 4),
-        "top1_candidates": round(top1_accuracy(truth, [m.item_id for m in cons]), 4),
-        "ms_per_query": round(1000 * (t_embed + t_full) / n, 1),
+        "top1": round(top1_accuracy(truth, [m.item_id for m in res.full]), 4),
+        "top1_candidates": round(top1_accuracy(truth, [m.item_id for m in res.within]), 4),
+        "ms_per_query": round(res.ms_per_query, 1),
+        "ms_verify": round(res.ms_verify, 1),
         "settings": f"{opts.aspect}:{opts.zoom:g}{'+flip' if opts.flip else ''}{f' colour {opts.colour:g}' if opts.colour else ''} "
         f"{gallery.score_mode if saved is None else mode} "
         f"{'rerank ' + rerank.method + f' top{rerank.top_k} x{rerank.per_item} >={rerank.min_inliers}' if rerank else 'no rerank'}",

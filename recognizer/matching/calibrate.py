@@ -4,19 +4,28 @@ Every gallery differs (catalog images or shelf photos, flat packages or 3D objec
 item or many), and no single default suits them all. After an enrolment, :func:`calibrate` makes
 pseudo-queries from what was enrolled and tries the options of the one recognition path on them:
 
-- **pseudo-queries**: an item with 2+ photos gives *held-out* photos, scored against the gallery
-  without them (all their views left out); an item with one photo gives *synthetic* views of it
-  (perspective, scale, rotation, lighting, shadow, blur, occlusion, pasted on real background
-  photos: the nuisances of :func:`~recognizer.data.synthetic.wild_photo`).
+- **pseudo-queries**: every photo of an item with 2+ photos is a *held-out* query once: the
+  photos are dealt into up to ``folds`` folds, and a fold's photos are scored against the gallery
+  without them (all their views left out; every item keeps a photo in each fold). An item with one
+  photo gives *synthetic* views of it (perspective, scale, rotation, lighting, shadow, blur,
+  occlusion, pasted on real background photos: the nuisances of
+  :func:`~recognizer.data.synthetic.wild_photo`).
 - **options**: the query view (zoom/aspect), mirror averaging, the score mode (max / prototype /
   probe), the colour cue's weight (:mod:`.cues`), geometric re-ranking (on/off, items verified, photos per item, inlier gate), each
   scored by top-1 over the whole gallery and within random sets of 10 candidates, with their
   cost. Inlier counts are computed once per (query, enrolled photo) and reused by every
   re-ranking variant.
-- **choice**: the best mean of the two top-1 figures, and among equals the cheapest per query, so
-  a variant replaces today's defaults only when it beats them on these pseudo-queries or matches
-  them at less cost; then the open-set threshold at the chosen setting (pseudo-queries with their
-  own item left out are the unknowns).
+- **choice**, one option at a time from the plain setting (the default view, ``max``, nothing
+  else): the score mode, then the view, mirror averaging, the colour weight, re-ranking. Each
+  step's best variant (by the mean of the two top-1 figures; among equals the cheapest) is
+  adopted only when its paired gain over the current setting, query by query, exceeds
+  ``min_gain_se`` standard errors. A few dozen pseudo-queries are noisy: on grocery few-shot,
+  four draws of 57 held-out photos each ranked a different view first, and the largest of 25
+  noisy figures is not a real gain. Held-out photos also share their shelf and session with the
+  photos left enrolled, which favours wide views that real queries do not. So the defaults
+  stand unless the evidence against them is clear; the uncalibrated defaults (with
+  re-ranking) are adopted last the same way. Then the open-set threshold at the chosen
+  setting (pseudo-queries with their own item left out are the unknowns).
 
 :meth:`Calibration.apply` stores the choice and its evidence in the gallery; every tool reads it
 through :func:`~.settings.resolve_query`, and a flag still overrides.
@@ -55,7 +64,8 @@ class PseudoQueries:
     truth: list[str] = field(default_factory=list)
     images: list[np.ndarray] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)  # "held_out" or "synthetic"
-    without_vids: list[int] = field(default_factory=list)
+    fold: list[int] = field(default_factory=list)  # per query: which fold's vectors it is scored without
+    fold_without: list[list[int]] = field(default_factory=list)  # per fold: the held-out photos' vids (all views)
     unreadable: list[str] = field(default_factory=list)  # stored photos that could not be read now
 
 
@@ -91,20 +101,20 @@ def synthetic_views(rgb: np.ndarray, n: int, rng: np.random.Generator, backgroun
     return [wild_photo(square, rng, backgrounds, size, hard=0.7) for _ in range(n)]
 
 
-def pseudo_queries(gallery: Gallery, *, max_queries: int = 120, held_out_share: float = 0.34,
-                   synthetic_per_item: int = 2, seed: int = 0) -> PseudoQueries:  # fmt: skip
-    """Held-out photos of items with 2+ photos and synthetic views of one-photo items (see the module docstring).
+def pseudo_queries(gallery: Gallery, *, max_queries: int = 240, folds: int = 3,
+                   synthetic_per_item: int = 4, seed: int = 0) -> PseudoQueries:  # fmt: skip
+    """Every photo of multi-photo items held out once (in folds) and synthetic views of one-photo
+    items (see the module docstring).
 
-    At most ``max_queries``: beyond that, an even seeded sample of items gives them.
+    At most ``max_queries``: beyond that, an even seeded sample of items gives them. Synthetic
+    queries are scored with fold 0's photos left out, like that fold's held-out ones.
     """
     from ..data.backgrounds import load_backgrounds
 
     rng = np.random.default_rng(seed)
     photos = _photos(gallery)
     items = sorted(photos)
-    # up to a third of an item's photos are held out (at least one, and one always stays enrolled)
-    per_item = {it: max(1, min(int(held_out_share * len(photos[it])), len(photos[it]) - 1))
-                if len(photos[it]) > 1 else synthetic_per_item for it in items}  # fmt: skip
+    per_item = {it: len(photos[it]) if len(photos[it]) > 1 else synthetic_per_item for it in items}
     if sum(per_item.values()) > max_queries:  # an even, seeded sample of items
         order = rng.permutation(len(items))
         kept, total = [], 0
@@ -113,22 +123,26 @@ def pseudo_queries(gallery: Gallery, *, max_queries: int = 120, held_out_share: 
                 kept.append(items[j])
                 total += per_item[items[j]]
         items = sorted(kept)
-    pq = PseudoQueries()
+    pq = PseudoQueries(fold_without=[[] for _ in range(max(1, folds))])
     backgrounds = None
     for it in items:
         ph = photos[it]
         if len(ph) >= 2:
-            for j in rng.permutation(len(ph))[: per_item[it]]:
+            k = min(folds, len(ph))  # an item's photos over k folds: each fold leaves it at least one
+            start = int(rng.integers(len(pq.fold_without)))
+            for n, j in enumerate(rng.permutation(len(ph))):
                 path, key, vids = ph[j]
                 try:
                     rgb = _read(path, key)
                 except (ImageLoadError, ValueError, OSError, SyntaxError):
                     pq.unreadable.append(path)
                     continue
+                f = (start + n % k) % len(pq.fold_without)
                 pq.truth.append(it)
                 pq.images.append(rgb)
                 pq.kinds.append("held_out")
-                pq.without_vids += vids
+                pq.fold.append(f)
+                pq.fold_without[f] += vids
         else:
             path, key, _ = ph[0]
             try:
@@ -141,6 +155,7 @@ def pseudo_queries(gallery: Gallery, *, max_queries: int = 120, held_out_share: 
                 pq.truth.append(it)
                 pq.images.append(im)
                 pq.kinds.append("synthetic")
+                pq.fold.append(0)
     return pq
 
 
@@ -156,6 +171,7 @@ class Trial:
     top1: float = 0.0
     top1_candidates: float = 0.0
     ms_per_query: float = 0.0
+    hits: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)  # per query: (right + right in candidates) / 2
 
     @property
     def objective(self) -> float:
@@ -168,6 +184,15 @@ class Trial:
         )  # fmt: skip
         colour = f" colour {self.colour:g}" if self.colour else ""
         return f"{self.view}{'+flip' if self.flip else ''} {self.mode}{colour} {rr}"
+
+    def beats(self, other: Trial, min_gain_se: float) -> bool:
+        """Better than ``other`` on the same queries by more than ``min_gain_se`` standard errors of
+        the paired per-query difference (a sign test's spirit, with half points for candidates)."""
+        d = self.hits - other.hits
+        if len(d) == 0:
+            return False
+        se = float(d.std(ddof=1)) / np.sqrt(len(d)) if len(d) > 1 else 0.0
+        return bool(float(d.mean()) > max(min_gain_se * se, 1e-9))
 
     def settings(self) -> dict[str, Any]:
         """The ``photo_query`` settings this trial stands for."""
@@ -196,6 +221,7 @@ class Calibration:
     n_queries: dict[str, int]
     seconds: float
     unreadable: list[str] = field(default_factory=list)
+    steps: list[tuple[str, str, bool]] = field(default_factory=list)  # (option, its best variant, adopted)
 
     def apply(self, gallery: Gallery) -> None:
         """Store the chosen settings, the score mode and the threshold, with the evidence."""
@@ -206,6 +232,7 @@ class Calibration:
                 "unknown_accept_at_threshold": self.unknown_accept, "queries": self.n_queries,
                 "seconds": round(self.seconds, 2), "generation": gallery.generation, "at": time.time(),
                 "trials": [t.row() for t in sorted(self.trials, key=lambda t: -t.objective)[:12]],
+                "steps": [{"option": o, "best": b, "adopted": a} for o, b, a in self.steps],
             },
         })  # fmt: skip
         gallery.set_score_mode(self.chosen.mode)
@@ -219,6 +246,7 @@ class Calibration:
             f"  defaults: {d.name}: top-1 {d.top1:.3f}, within candidates {d.top1_candidates:.3f}, {d.ms_per_query:.0f} ms/query",
             f"  chosen:   {c.name}: top-1 {c.top1:.3f}, within candidates {c.top1_candidates:.3f}, {c.ms_per_query:.0f} ms/query",
             f"  open-set threshold {self.threshold:.3f} (pseudo-unknowns accepted: {self.unknown_accept:.1%})",
+            "  steps: " + "; ".join(f"{o}: {b} {'adopted' if a else 'not a clear gain'}" for o, b, a in self.steps),
         ]
         if self.unreadable:
             lines.append(f"  {len(self.unreadable)} enrolled photo(s) unreadable now, not used: {self.unreadable[:3]}")
@@ -246,9 +274,11 @@ class _Scorer:
         self._inliers: dict[tuple[int, int], tuple[int, float]] = {}  # (query, vid) -> (inliers, ms)
         self.final = np.zeros((0, len(self.items)), np.float32)  # the last measured trial's final scores
         self._colours: tuple | None = None
-        without = set(pq.without_vids)
-        self.kept = [r for r in gallery.records() if r["vid"] not in without]  # the reference photos' vectors
-        self.photo_vids: dict[str, list[int]] = {}  # item -> first-view vids with features, oldest first
+        self.fold = np.asarray(pq.fold, np.int64)
+        self.records = gallery.records()
+        # per fold, the reference photos' vectors: everything but that fold's held-out photos
+        self.kept = [[r for r in self.records if r["vid"] not in set(w)] for w in pq.fold_without]
+        self.photo_vids: list[dict[str, list[int]]] = []  # per fold: item -> first-view vids with features, oldest first
         self.method: str | None = None
 
     def embeddings(self, view: str, flip: bool) -> tuple[np.ndarray, float]:
@@ -275,17 +305,24 @@ class _Scorer:
         key = (view, flip, mode)
         if key not in self._scores:
             emb, _ = self.embeddings(view, flip)
-            items, s = self.g.exact_item_scores(emb, without_vids=self.pq.without_vids, score_mode=mode)
-            assert items == self.items
+            s = np.zeros((len(emb), len(self.items)), np.float32)
+            for f, without in enumerate(self.pq.fold_without):  # each fold against the gallery without it
+                rows = np.flatnonzero(self.fold == f)
+                if len(rows):
+                    items, s[rows] = self.g.exact_item_scores(emb[rows], without_vids=without, score_mode=mode)
+                    assert items == self.items
             self._scores[key] = s
         return self._scores[key]
 
     def setup_rerank(self, method: str) -> None:
         self.method = method
-        self.gallery_feats = self.g.features.of_vectors([r["vid"] for r in self.kept], method)
-        for r in self.kept:
-            if r["vid"] in self.gallery_feats:
-                self.photo_vids.setdefault(r["item_id"], []).append(int(r["vid"]))
+        self.gallery_feats = self.g.features.of_vectors([r["vid"] for r in self.records], method)
+        for kept in self.kept:
+            pv: dict[str, list[int]] = {}
+            for r in kept:
+                if r["vid"] in self.gallery_feats:
+                    pv.setdefault(r["item_id"], []).append(int(r["vid"]))
+            self.photo_vids.append(pv)
 
     def inliers(self, q: int, vid: int, cfg: RerankConfig) -> tuple[int, float]:
         if q not in self._feats:
@@ -298,18 +335,21 @@ class _Scorer:
             self._inliers[(q, vid)] = (n, 1000 * (time.perf_counter() - t0))
         return self._inliers[(q, vid)]
 
-    def colours(self) -> tuple[list[np.ndarray], dict[str, list[np.ndarray]], float]:
-        """Query histograms, the enrolled photos' (held-out ones left out) per item, and ms per query."""
+    def colours(self) -> tuple[list[np.ndarray], list[dict[str, list[np.ndarray]]], float]:
+        """Query histograms, per fold the enrolled photos' (its held-out ones left out) per item, and ms per query."""
         if self._colours is None:
             t0 = time.perf_counter()
             qh = [colour_histogram(im) for im in self.pq.images]
             ms = 1000 * (time.perf_counter() - t0) / max(1, len(qh))
-            stored = self.g.features.of_vectors([r["vid"] for r in self.kept], COLOUR_METHOD)
-            ih: dict[str, list[np.ndarray]] = {}
-            for r in self.kept:
-                if r["vid"] in stored:
-                    ih.setdefault(r["item_id"], []).append(stored[r["vid"]][1])
-            self._colours = (qh, ih, ms)
+            stored = self.g.features.of_vectors([r["vid"] for r in self.records], COLOUR_METHOD)
+            per_fold = []
+            for kept in self.kept:
+                ih: dict[str, list[np.ndarray]] = {}
+                for r in kept:
+                    if r["vid"] in stored:
+                        ih.setdefault(r["item_id"], []).append(stored[r["vid"]][1])
+                per_fold.append(ih)
+            self._colours = (qh, per_fold, ms)
         return self._colours
 
     def measure(self, t: Trial) -> Trial:
@@ -320,8 +360,8 @@ class _Scorer:
             qh, ih, t_ms = self.colours()
             top = t.rerank["top_k"] if t.rerank else COLOUR_TOP
             for q in range(len(s)):
-                full[q] = add_colour(full[q], self.items, qh[q], ih, t.colour, top)
-                cand[q] = add_colour(cand[q], self.items, qh[q], ih, t.colour, top)
+                full[q] = add_colour(full[q], self.items, qh[q], ih[self.fold[q]], t.colour, top)
+                cand[q] = add_colour(cand[q], self.items, qh[q], ih[self.fold[q]], t.colour, top)
             t.ms_per_query += t_ms
         if t.rerank is not None:
             cfg = RerankConfig(method=t.rerank["method"], top_k=t.rerank["top_k"], per_item=t.rerank["per_item"],
@@ -330,8 +370,10 @@ class _Scorer:
                 for row in (full[q], cand[q]):
                     ms += self._rerank_row(q, row, cfg)
             t.ms_per_query += ms / max(1, 2 * len(s))  # one of the two paths per real query
-        t.top1 = float((full.argmax(1) == self.truth).mean()) if len(s) else 0.0
-        t.top1_candidates = float((cand.argmax(1) == self.truth).mean()) if len(s) else 0.0
+        right, right_cand = full.argmax(1) == self.truth, cand.argmax(1) == self.truth
+        t.hits = (right.astype(np.float64) + right_cand) / 2
+        t.top1 = float(right.mean()) if len(s) else 0.0
+        t.top1_candidates = float(right_cand.mean()) if len(s) else 0.0
         self.final = full
         return t
 
@@ -342,7 +384,7 @@ class _Scorer:
             if not np.isfinite(row[j]):
                 break
             n = 0
-            for vid in self.photo_vids.get(self.items[j], [])[: cfg.per_item]:
+            for vid in self.photo_vids[self.fold[q]].get(self.items[j], [])[: cfg.per_item]:
                 ni, mi = self.inliers(q, vid, cfg)
                 n, ms = max(n, ni), ms + mi
             row[j] += verification_bonus(n, cfg)
@@ -351,8 +393,8 @@ class _Scorer:
 
 def calibrate(
     gallery: Gallery, model: Any, *, views: Sequence[str] = VIEWS, modes: Sequence[str] = MODES,
-    flip: bool = True, colour: bool = True, rerank: bool = True, max_queries: int = 120, n_candidates: int = 10,
-    seed: int = 0,
+    flip: bool = True, colour: bool = True, rerank: bool = True, max_queries: int = 240, n_candidates: int = 10,
+    min_gain_se: float = 1.645, seed: int = 0,
 ) -> Calibration:  # fmt: skip
     """Measure the query settings on pseudo-queries and return the best (see the module docstring).
 
@@ -373,34 +415,39 @@ def calibrate(
         sc.setup_rerank(method)
     default_rr = {"method": method, "top_k": d["rerank_top"], "per_item": d["rerank_per_item"],
                   "min_inliers": d["rerank_min_inliers"]} if method else None  # fmt: skip
-    defaults = sc.measure(Trial(default_view, False, "max", default_rr))
-    trials = [defaults]
-    # 1. embedding settings, without re-ranking
-    for v in dict.fromkeys([default_view, *views]):
-        for m in modes:
-            if default_rr is not None or (v, m) != (default_view, "max"):  # else the defaults row itself
-                trials.append(sc.measure(Trial(v, False, m, None)))
-    best = max(trials[1:], key=lambda t: t.objective)
+    trials: list[Trial] = []
+    steps: list[tuple[str, str, bool]] = []
+
+    def step(option: str, current: Trial, variants: list[Trial]) -> Trial:
+        """The best variant (among equals the cheapest) if it clearly beats ``current``, else ``current``."""
+        measured = [sc.measure(v) for v in variants]
+        trials.extend(measured)
+        if not measured:
+            return current
+        top = max(v.objective for v in measured)
+        best = min((v for v in measured if v.objective >= top - 1e-9), key=lambda v: v.ms_per_query)
+        adopted = best.beats(current, min_gain_se)
+        steps.append((option, best.name, adopted))
+        return best if adopted else current
+
+    cur = sc.measure(Trial(default_view, False, "max", None))  # the plain setting every step starts from
+    trials.append(cur)
+    cur = step("score mode", cur, [Trial(default_view, False, m, None) for m in modes if m != "max"])
+    cur = step("view", cur, [Trial(v, False, cur.mode, None) for v in dict.fromkeys(views) if v != default_view])
     if flip:
-        for m in modes:
-            trials.append(sc.measure(Trial(best.view, True, m, None)))
-        best = max(trials[1:], key=lambda t: t.objective)
-    # 2. the colour cue's weight, where the gallery stores colours
+        cur = step("mirror", cur, [Trial(cur.view, True, cur.mode, None)])
     if colour and COLOUR_METHOD in gallery.features.methods():
-        for w in COLOUR_WEIGHTS:
-            trials.append(sc.measure(Trial(best.view, best.flip, best.mode, None, w)))
-        best = max(trials[1:], key=lambda t: t.objective)
-    # 3. re-ranking variants on the best setting so far (inliers computed once per query and photo)
-    if method:
-        for k in RERANK_GRID["top_k"]:
-            for p in RERANK_GRID["per_item"]:
-                for mi in RERANK_GRID["min_inliers"]:
-                    rr = {"method": method, "top_k": k, "per_item": p, "min_inliers": mi}
-                    trials.append(sc.measure(Trial(best.view, best.flip, best.mode, rr, best.colour)))
-    # the best objective; among equals the cheapest (the defaults win a tie at equal cost), so a variant
-    # replaces the defaults only when it is better on these pseudo-queries, or as good and faster
-    top = max(t.objective for t in trials)
-    chosen = min((t for t in trials if t.objective >= top - 1e-9), key=lambda t: (t.ms_per_query, t is not defaults))
+        cur = step("colour", cur, [Trial(cur.view, cur.flip, cur.mode, None, w) for w in COLOUR_WEIGHTS])
+    if method:  # inliers are computed once per (query, photo) and reused by every variant
+        grid = [{"method": method, "top_k": k, "per_item": p, "min_inliers": mi} for k in RERANK_GRID["top_k"]
+                for p in RERANK_GRID["per_item"] for mi in RERANK_GRID["min_inliers"]]  # fmt: skip
+        cur = step("re-ranking", cur, [Trial(cur.view, cur.flip, cur.mode, rr, cur.colour) for rr in grid])
+    defaults = sc.measure(Trial(default_view, False, "max", default_rr))
+    trials.append(defaults)
+    if defaults.beats(cur, min_gain_se):  # never clearly worse than the uncalibrated defaults
+        steps.append(("defaults", defaults.name, True))
+        cur = defaults
+    chosen = cur
     # 4. the open-set threshold at the chosen setting: own item in (known) and left out (unknown)
     sc.measure(chosen)
     final = sc.final
@@ -416,4 +463,4 @@ def calibrate(
     thr, _ = recommend_threshold(curves)
     ua = float(curves["unknown_accept"][int(np.argmin(np.abs(thresholds - thr)))])
     n = {k: pq.kinds.count(k) for k in ("held_out", "synthetic") if k in pq.kinds}
-    return Calibration(chosen, defaults, trials, thr, ua, n, time.perf_counter() - t0, pq.unreadable)
+    return Calibration(chosen, defaults, trials, thr, ua, n, time.perf_counter() - t0, pq.unreadable, steps)
