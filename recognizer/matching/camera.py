@@ -45,15 +45,15 @@ VERIFY = ("auto", "sift", "orb", "none")
 class CameraConfig:
     """Everything that shapes the live loop; defaults suit a fixed camera over a table.
 
-    ``proposals``: ``foreground`` (default) takes each blob as one item; ``windows`` separates
-    touching items by candidate-guided windows in each foreground blob (best on touching items in
-    ``tools/bench.py --suite camera_table``, not yet the default: it names a phantom distractor on
-    the synthetic package video), ``split`` by splitting the blob's mask; ``full``, ``roi``,
-    ``grid`` are fixed.
+    ``proposals``: ``windows`` (default) separates touching items by candidate-guided windows in
+    each foreground blob (best on touching items in ``tools/bench.py --suite camera_table``; a part
+    of a blob must beat the whole blob's score by ``part_gain``, so a lone item is never cut in
+    two); ``foreground`` takes each blob as one item; ``split`` splits the blob's mask; ``full``,
+    ``roi``, ``grid`` are fixed.
     ``background``: ``table`` follows light, shadows and pans; ``mog2`` is OpenCV's MOG2.
     """
 
-    proposals: str = "foreground"
+    proposals: str = "windows"
     roi: Box | None = None
     grid: tuple[int, int] = (2, 2)
     min_area: float = 0.01  # foreground blobs smaller than this share of the frame are ignored
@@ -79,6 +79,7 @@ class CameraConfig:
     window_stride: float = 0.34  # windows: step between positions, x the window's width
     window_positions: int = 6  # windows: positions per width, at most
     nms: float = 0.5  # windows: picked windows overlap by at most this share of the narrower one's width
+    part_gain: float | None = 0.03  # windows: a part of a blob counts only when it beats the whole blob's score by this
     refresh_frames: int = 5  # windows: search every blob afresh at least this often; between, follow last picks
     mask_fill: int | None = 128  # table background: paint the empty table in each crop this grey (None: keep it)
     square: bool = False  # pad each crop to a square (grey) so a narrow item is not stretched (off: cost 15 points on printed packages)
@@ -335,7 +336,7 @@ class CameraMatcher:
         self._picks = []
         for b in blobs:
             s = scores[i : i + len(b.windows)]
-            picked, rest = select_boxes(b, s, self.threshold, self.cfg.nms)
+            picked, rest = select_boxes(b, s, self.threshold, self.cfg.nms, self.cfg.part_gain)
             if b.kind == "kept" and (s.max(axis=1) < self.threshold).any():
                 self._since_search = self.cfg.refresh_frames  # a kept window lost its item: search next frame
             self._picks.append((b.box, [b.windows[j] for j in picked]))

@@ -214,7 +214,8 @@ def _overlap_x(a: Box, b: Box) -> float:
     return inter / max(1, min(a[2], b[2]))
 
 
-def select_boxes(blob: Blob, scores: np.ndarray, accept: float, nms: float = 0.5) -> tuple[list[int], list[Box]]:
+def select_boxes(blob: Blob, scores: np.ndarray, accept: float, nms: float = 0.5,
+                 part_gain: float | None = None) -> tuple[list[int], list[Box]]:  # fmt: skip
     """Which of the blob's windows are items (indices into ``blob.windows``), and unknown leftovers.
 
     ``scores``: ``len(blob.windows) x I`` candidate scores. ``windows`` blobs: the row of windows
@@ -222,8 +223,11 @@ def select_boxes(blob: Blob, scores: np.ndarray, accept: float, nms: float = 0.5
     largest total of (best score - ``accept``), by dynamic programming as in weighted interval
     scheduling: three tight windows on three touching items beat one wide window on all of them
     or a window that takes in half a neighbour, and a window that matches no candidate (a hand)
-    is never worth taking. ``split`` blobs keep their parts only when the parts' mean score beats
-    the whole blob's.
+    is never worth taking. With ``part_gain`` set, a part of the blob counts only when its score
+    beats the whole blob's by ``part_gain``: a lone item's blob names it better than any half of
+    it does, so its halves (which may half-resemble a distractor) never split it, while tight
+    windows on touching items each name their item better than the mixed whole does.
+    ``split`` blobs keep their parts only when the parts' mean score beats the whole blob's.
     """
     best = scores.max(axis=1) if scores.size else np.zeros(len(blob.windows))
     arg = scores.argmax(axis=1) if scores.size else np.zeros(len(blob.windows), np.int64)
@@ -238,6 +242,8 @@ def select_boxes(blob: Blob, scores: np.ndarray, accept: float, nms: float = 0.5
     wins = blob.windows
     order = sorted(range(len(wins)), key=lambda i: (wins[i][0] + wins[i][2], wins[i][0]))
     gain = best - accept
+    if part_gain is not None:
+        gain[1:][best[1:] < best[0] + part_gain] = -np.inf
     total = {i: -np.inf for i in order}
     prev: dict[int, int | None] = {}
     for n, i in enumerate(order):

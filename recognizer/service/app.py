@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from ..gallery import GalleryError, GalleryLockedError, UnknownItemError
+from ..matching.camera import CameraConfig
 from .config import ServiceConfig
 from .core import PHOTO_PX, THUMB_PX, Service
 from .live import LiveSessions
@@ -155,7 +156,7 @@ def create_app(cfg: ServiceConfig, service: Service | None = None) -> FastAPI:
     @app.post(f"/{API_VERSION}/live/frame", tags=["live"], dependencies=read)
     def live_frame(
         frame: Annotated[UploadFile, File()], session: Annotated[str, Form()],
-        candidates: Annotated[str | None, Form()] = None, proposals: Annotated[str, Form()] = "foreground",
+        candidates: Annotated[str | None, Form()] = None, proposals: Annotated[str, Form()] = CameraConfig.proposals,
     ) -> dict[str, Any]:  # fmt: skip
         """One camera frame (JPEG) of a Live session; returns the visible tracks' boxes and labels."""
         rgb = decode_image(frame.file.read(), describe(frame.filename, 0))

@@ -74,6 +74,19 @@ def test_windows_pick_one_tight_window_per_touching_item():
     assert picked == [1, 2, 3] and rest == []
 
 
+def test_a_lone_item_is_not_cut_by_a_half_that_resembles_a_distractor():
+    # one wide item: its blob names it best; a narrow window on its right half looks a little like item 1
+    wins = [(0, 0, 150, 100), (0, 0, 70, 100), (40, 0, 70, 100), (80, 0, 70, 100)]
+    s = np.full((4, 3), 0.3, np.float32)
+    s[0, 0], s[1, 0], s[2, 2], s[3, 1] = 0.72, 0.68, 0.61, 0.6
+    assert select_boxes(Blob(wins[0], wins), s, accept=0.5)[0] == [1, 2, 3]  # without the rule: two phantoms
+    assert select_boxes(Blob(wins[0], wins), s, accept=0.5, part_gain=0.03) == ([0], [])
+    # touching items: each tight window names its item better than the mixed whole does
+    touching = s.copy()
+    touching[0, 0], touching[1, 0], touching[3, 1] = 0.62, 0.7, 0.75
+    assert select_boxes(Blob(wins[0], wins), touching, accept=0.5, part_gain=0.03)[0] == [1, 3]
+
+
 def test_a_part_that_matches_no_candidate_is_left_over_as_unknown():
     wins = [(0, 0, 300, 100), (0, 0, 100, 100), (100, 0, 100, 100), (200, 0, 100, 100)]
     s = np.full((4, 3), 0.3, np.float32)
