@@ -31,7 +31,7 @@ def test_demo_on_tiny_synthetic_catalog(tmp_path):
 
     g = Gallery.open(r["gallery"])
     assert g.model_spec == "lite0@64" and load_gallery_model(g).preprocess.input_size == 64
-    assert g.settings["calibration"]["queries"] == {"synthetic": 4}  # one catalog photo per item
+    assert g.settings["calibration"]["queries"] == {"synthetic": 8}  # one catalog photo per item: 4 views each
 
 
 def test_tools_run_as_scripts(tmp_path):

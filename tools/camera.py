@@ -6,9 +6,10 @@
          --headless --out annotated.mp4 --jsonl events.jsonl [--fast]
   python tools/camera.py --gallery G --source rtsp://host/stream --roi 100,50,400,300 --proposals roi
 
-Proposals: foreground (default: each object blob over the table's background as one item),
-windows (touching objects separated by candidate-guided windows), split (the same, separated by
-splitting the mask), full (whole frame), roi (--roi), grid (--grid 2x2 of the frame or ROI).
+Proposals: windows (default: object blobs over the table's background, touching objects
+separated by candidate-guided windows; a part of a blob must name its item better than the whole
+blob does), foreground (each blob as one item), split (blobs separated by splitting the mask),
+full (whole frame), roi (--roi), grid (--grid 2x2 of the frame or ROI).
 The table background follows light changes, shadows and camera pans (--background mog2: the
 older MOG2 model). Without candidates every gallery item is a candidate. --frames-jsonl writes
 every alive track per frame (a state stream; --jsonl has the appear/change/leave events).
