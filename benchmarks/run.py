@@ -16,6 +16,8 @@ Suites (one module each in ``benchmarks/suites/``):
 * ``unseen``: top-1 on held-out grocery items under two enrollment protocols (real data).
 * ``enrol_views``: held-out grocery top-1 with each photo enrolled whole, zoomed, or both (real data).
 * ``calibration``: per protocol, today's defaults, each single option and the self-calibrated settings.
+* ``verify_speed``: geometric verification's ms per query and top-1 per variant (items and photos
+  verified, query keypoints, query size) on grocery packages and few-shot grocery (real data).
 * ``camera_table``: the camera on generated table scenes from real photos (touching items, a hand,
   dimming, a pan, a swap): recall, wrong labels, switches, frame times per proposal method (real data).
 * ``deploy``: backbone x backend (torch, ONNX fp32, ONNX int8) x input size: images/s, latency,
@@ -46,6 +48,7 @@ from .suites import (
     scaling,
     training,
     unseen,
+    verify_speed,
 )
 
 SUITES: dict[str, Callable[..., dict[str, Any]]] = {
@@ -62,6 +65,12 @@ SUITES: dict[str, Callable[..., dict[str, Any]]] = {
     "camera_table": camera_table.run,
     "identity_curve": identity_curve.run,
     "bg_augment": bg_augment.run,
+    "verify_speed": verify_speed.run,
+}
+# suites that render their own tables (nested results the generic renderer cannot lay out)
+SUITE_MARKDOWN: dict[str, Callable[[dict[str, Any]], str]] = {
+    "calibration": calibration.markdown,
+    "verify_speed": verify_speed.markdown,
 }
 # small sizes per suite, for a smoke run (``--quick``)
 QUICK: dict[str, dict[str, Any]] = {
@@ -78,6 +87,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "camera_table": camera_table.QUICK,
     "identity_curve": identity_curve.QUICK,
     "bg_augment": bg_augment.QUICK,
+    "verify_speed": verify_speed.QUICK,
 }
 
 
@@ -133,6 +143,11 @@ def markdown_table(doc: dict[str, Any]) -> str:
     query option, the protocol comparison), each under its own heading."""
     lines = [f"Machine: {doc['machine']['cpu_count']} CPUs, {doc['machine']['platform']}", ""]
     for name, res in doc["suites"].items():
+        custom = SUITE_MARKDOWN.get(name)
+        if custom is not None and "by_protocol" in res:  # a suite with its own tables
+            lines += [f"## {name}", "", *(f"{k}: {_fmt(v)}" for k, v in res.items() if not isinstance(v, dict)), "",
+                      custom(res), ""]  # fmt: skip
+            continue
         lines += [f"## {name}", "", "| figure | value |", "|---|---|"]
         after: list[str] = []
         for k, v in res.items():

@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         help="commit suite: gallery size(s) in vectors (default 10k, 100k, 1M; --quick: 1k, 10k)",
     )  # fmt: skip
     ap.add_argument("--max-queries", type=int, help="unseen suite: evaluate at most this many queries")
+    ap.add_argument("--camera-backend", choices=("torch", "onnx"),
+                    help="camera_table suite: embed crops with torch or a verified fp32 ONNX export made in the run")  # fmt: skip
+    ap.add_argument("--threads", type=int, help="camera_table suite: threads for torch / ONNX Runtime")
     args = ap.parse_args(argv)
     unseen_over: dict = {}
     deploy_over: dict = {k: v for k, v in (("sizes", args.size), ("query_stride", args.query_stride)) if v}
@@ -80,9 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     commit_over = {
         k: v for k, v in (("sizes", tuple(args.gallery_size or ()) or None), ("dim", args.dim)) if v
     }
+    camera_over = {k: v for k, v in (("backend", args.camera_backend), ("threads", args.threads)) if v}
     doc = run_bench(
         args.suite or list(SUITES), args.out, quick=args.quick, gallery=gallery_over, query_options=query_over,
-        unseen=unseen_over, deploy=deploy_over, commit=commit_over,
+        unseen=unseen_over, deploy=deploy_over, commit=commit_over, camera_table=camera_over,
     )  # fmt: skip
     print(markdown_table(doc))
     return 0

@@ -102,6 +102,7 @@ def run(
             cell["calibration_seconds"] = round(time.perf_counter() - t0, 2)
             cell["chosen"] = {**g.settings["photo_query"], "score_mode": g.score_mode, "threshold": round(g.threshold, 4)}
             cell["calibration_pseudo_queries"] = cal.n_queries
+            cell["calibration_steps"] = [{"option": o, "best": b, "adopted": a} for o, b, a in cal.steps]
             rows["calibrated"] = _measure(g, net, m, queries, None, None)
             best_single = max((r for o, r in rows.items() if o not in ("calibrated",)), key=lambda r: r["top1"])
             cell["calibrated_minus_best_single_top1"] = round(rows["calibrated"]["top1"] - best_single["top1"], 4)
@@ -147,3 +148,28 @@ def _measure(gallery, model, manifest, queries, overrides, mode) -> dict[str, An
         f"{gallery.score_mode if saved is None else mode} "
         f"{'rerank ' + rerank.method + f' top{rerank.top_k} x{rerank.per_item} >={rerank.min_inliers}' if rerank else 'no rerank'}",
     }
+
+
+def markdown(res: dict[str, Any]) -> str:
+    """Per protocol: the calibration's time, pseudo-queries and choice, then one row per setting."""
+    out = []
+    for name, cell in res["by_protocol"].items():
+        if "skipped" in cell:
+            out += [f"### {name}: skipped ({cell['skipped']})", ""]
+            continue
+        out += [
+            f"### {name}: {cell['items']} items, {cell['queries']} queries", "",
+            f"enrolment before/after {cell['enrol_seconds_before']}/{cell['enrol_seconds_after']} s; calibration "
+            f"{cell['calibration_seconds']} s on {cell['calibration_pseudo_queries']}; calibrated minus best single "
+            f"option (top-1): {cell['calibrated_minus_best_single_top1']:+.3f}", "",
+            f"chosen: `{cell['chosen']}`", "",
+            *([("steps: " + "; ".join(f"{st['option']}: {st['best']} {'adopted' if st['adopted'] else 'not a clear gain'}"
+                                      for st in cell["calibration_steps"])), ""] if "calibration_steps" in cell else []),
+            "| setting | top-1 | top-1 within candidates | ms/query | of which verification | as run |",
+            "|---|---|---|---|---|---|",
+        ]  # fmt: skip
+        for opt, r in cell["rows"].items():
+            out.append(f"| {opt} | {r['top1']:.3f} | {r['top1_candidates']:.3f} | {r['ms_per_query']:.0f} | "
+                       f"{r.get('ms_verify', 0):.0f} | {r['settings']} |")  # fmt: skip
+        out.append("")
+    return "\n".join(out)

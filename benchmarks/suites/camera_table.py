@@ -44,7 +44,7 @@ def build_gallery(root: Path, model_spec: str = "lite0@160", features: str | Non
         with open(MANIFESTS / name, newline="", encoding="utf-8") as f:
             rows += [(data / r["path"], r["item_id"]) for r in csv.DictReader(f) if r["role"] == "gallery"]
     images = [load_image(p) for p, _ in rows]
-    g.add([i for _, i in rows], embed_arrays(model, images))
+    g.add([i for _, i in rows], embed_arrays(model, images), paths=[str(p) for p, _ in rows])  # kept photos: item widths
     if features:
         from recognizer.matching.rerank import extract
 
@@ -108,12 +108,15 @@ def run(
     compare_scenes: tuple[str, ...] = COMPARE_SCENES,
     evidence: str | None = None,
     threads: int | None = None,
+    backend: str = "torch",
 ) -> dict[str, Any]:
     """Every scene at the default configuration, the other proposal methods on ``compare_scenes``.
 
     ``keep``: a work folder to keep (scenes, gallery) and reuse; ``evidence``: a folder for the
-    annotated video and per-frame state stream of ``table``; ``threads``: torch threads for the run
-    (on a busy 2-core machine 1 thread can be several times faster than 2).
+    annotated video and per-frame state stream of ``table``; ``threads``: torch (or ONNX Runtime)
+    threads for the run (on a busy 2-core machine 1 thread can be several times faster than 2);
+    ``backend="onnx"``: the crops are embedded by a fp32 ONNX export of the gallery's model, made
+    and verified in the run (``tools/export.py``'s code), as ``tools/camera.py --backend onnx`` does.
     """
     import torch
 
@@ -126,13 +129,22 @@ def run(
     names = configs or tuple(all_cfgs)
     tmp = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="bench_camera_"))
     tmp.mkdir(parents=True, exist_ok=True)
-    out: dict[str, Any] = {"model": model, "fps": fps, "rows": [], "stages": []}
+    out: dict[str, Any] = {"model": model, "backend": backend, "fps": fps, "rows": [], "stages": []}
     threads_before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     out["torch_threads"] = torch.get_num_threads()
     try:
         g, net = build_gallery(tmp / "gallery", model)
+        if backend == "onnx":
+            from recognizer.deploy.export import export_model
+            from recognizer.session import load_gallery_embedder
+
+            (exp,) = export_model(net, tmp / "export", model_spec=model)
+            net = load_gallery_embedder(g, backend="onnx", onnx=exp.path, threads=threads)
+            out["export_verification"] = exp.verification
+        elif backend != "torch":
+            raise ValueError(f"backend {backend!r} is not one of torch, onnx")
         for spec in specs:
             for name in names:
                 if name != "default" and spec.name not in compare_scenes:

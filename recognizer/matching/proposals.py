@@ -21,6 +21,12 @@ candidate items in the same batched forward as everything else (:func:`select_bo
 
 Windows that score below the threshold are never picked; a wide part of a blob that no picked
 window covers (a hand, a cup) becomes a box of its own, which the tracker labels ``unknown``.
+
+The candidates also say how wide their items are (:func:`item_aspects`: the object's width over
+its height in enrolled photos with a plain background, catalog or turntable shots): a blob no
+wider than the item its whole box names is that one item, and is never cut into parts. Without
+this, half of a lone package could be named after a distractor that half-resembles it; with
+it, touching items (a blob far wider than any one of them) are still separated.
 """
 
 from __future__ import annotations
@@ -215,7 +221,7 @@ def _overlap_x(a: Box, b: Box) -> float:
 
 
 def select_boxes(blob: Blob, scores: np.ndarray, accept: float, nms: float = 0.5,
-                 part_gain: float | None = None) -> tuple[list[int], list[Box]]:  # fmt: skip
+                 aspects: np.ndarray | None = None, aspect_slack: float = 1.25) -> tuple[list[int], list[Box]]:  # fmt: skip
     """Which of the blob's windows are items (indices into ``blob.windows``), and unknown leftovers.
 
     ``scores``: ``len(blob.windows) x I`` candidate scores. ``windows`` blobs: the row of windows
@@ -223,11 +229,10 @@ def select_boxes(blob: Blob, scores: np.ndarray, accept: float, nms: float = 0.5
     largest total of (best score - ``accept``), by dynamic programming as in weighted interval
     scheduling: three tight windows on three touching items beat one wide window on all of them
     or a window that takes in half a neighbour, and a window that matches no candidate (a hand)
-    is never worth taking. With ``part_gain`` set, a part of the blob counts only when its score
-    beats the whole blob's by ``part_gain``: a lone item's blob names it better than any half of
-    it does, so its halves (which may half-resemble a distractor) never split it, while tight
-    windows on touching items each name their item better than the mixed whole does.
-    ``split`` blobs keep their parts only when the parts' mean score beats the whole blob's.
+    is never worth taking. ``aspects`` (per candidate column, NaN where unknown): when the whole
+    blob passes ``accept`` and is no wider than ``aspect_slack`` x the width its best-named item
+    has at the blob's height, the blob is that one item. ``split`` blobs keep their parts only
+    when the parts' mean score beats the whole blob's.
     """
     best = scores.max(axis=1) if scores.size else np.zeros(len(blob.windows))
     arg = scores.argmax(axis=1) if scores.size else np.zeros(len(blob.windows), np.int64)
@@ -240,10 +245,12 @@ def select_boxes(blob: Blob, scores: np.ndarray, accept: float, nms: float = 0.5
     if blob.kind == "kept":  # last frame's picks, moved with the blob: each stays an item (or reads unknown)
         return list(range(len(blob.windows))), []
     wins = blob.windows
+    if aspects is not None and scores.size and best[0] > accept:
+        a = float(aspects[arg[0]])
+        if np.isfinite(a) and blob.box[2] <= aspect_slack * a * blob.box[3]:
+            return [0], []  # as narrow as the item it names: one item, not parts
     order = sorted(range(len(wins)), key=lambda i: (wins[i][0] + wins[i][2], wins[i][0]))
     gain = best - accept
-    if part_gain is not None:
-        gain[1:][best[1:] < best[0] + part_gain] = -np.inf
     total = {i: -np.inf for i in order}
     prev: dict[int, int | None] = {}
     for n, i in enumerate(order):
@@ -301,3 +308,45 @@ def follow(prev: list[tuple[Box, list[Box]]], blob: Blob, size_change: float = 0
         dx, dy = (x - px + (x + w) - (px + pw)) / 2, (y + h) - (py + ph)
         return [(int(round(bx + dx)), int(round(by + dy)), bw, bh) for bx, by, bw, bh in picks]
     return None
+
+
+def object_aspect(rgb: np.ndarray, width: int = 4, share: float = 0.85) -> float | None:
+    """Width / height of the object in a photo with a plain (catalog or turntable) background; else None.
+
+    The background is plain when ``share`` of the border's pixels are near black (< 40) or near
+    white (> 215): a turntable shot's dark border is noisy, and its object may touch an edge.
+    """
+    from ..data.synthetic import rgba_from_plain_background
+
+    g = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    b = np.concatenate([g[:width].ravel(), g[-width:].ravel(), g[:, :width].ravel(), g[:, -width:].ravel()])
+    dark, white = (b < 40).mean() >= share, (b > 215).mean() >= share
+    if not (dark or white):
+        return None
+    ys, xs = np.nonzero(rgba_from_plain_background(rgb, dark=dark)[:, :, 3] > 40)
+    if len(ys) < 0.01 * rgb.shape[0] * rgb.shape[1]:
+        return None
+    return float(xs.max() - xs.min() + 1) / float(ys.max() - ys.min() + 1)
+
+
+def item_aspects(gallery, items: list[str], per_item: int = 4) -> np.ndarray:
+    """Per item, the widest object aspect (width / height) among up to ``per_item`` of its enrolled
+    photos that have a plain background; NaN when none has (shelf photos) or none can be read."""
+    from ..data.imageio import ImageLoadError, load_image
+
+    out = np.full(len(items), np.nan, np.float32)
+    for j, it in enumerate(items):
+        seen = 0
+        for r in gallery.records(it):
+            if "#" in str(r["sha256"]) or not r["path"]:  # another view of a photo already read
+                continue
+            try:
+                a = object_aspect(load_image(r["path"]))
+            except (ImageLoadError, ValueError, OSError):
+                continue
+            if a is not None:
+                out[j] = a if np.isnan(out[j]) else max(out[j], a)
+            seen += 1
+            if seen >= per_item:
+                break
+    return out

@@ -87,7 +87,11 @@ def scene(tmp_path_factory):
     items = [(f"item{i:04d}", render_item(i, seed=5)) for i in range(6)]
     model = load_model("lite0@160")
     g = Gallery.create(d / "g", model.describe(), model_spec="lite0@160")
-    g.add([i for i, _ in items], embed_arrays(model, [catalog_image(r, 224) for _, r in items]))
+    cats = [catalog_image(r, 224) for _, r in items]
+    paths = [str(d / f"{i}.png") for i, _ in items]  # kept as enrolment keeps them: the camera reads item widths
+    for p, im in zip(paths, cats, strict=True):
+        cv2.imwrite(p, cv2.cvtColor(im, cv2.COLOR_RGB2BGR))
+    g.add([i for i, _ in items], embed_arrays(model, cats), paths=paths)
     truth = generate_video(d / "v.mp4", items[:3], seconds=8, fps=10, seed=1)
     return d, g, model, truth, [i for i, _ in items[:5]]
 
@@ -145,8 +149,8 @@ def test_real_photos_on_video(tmp_path):
     g = Gallery.create(tmp_path / "g", model.describe(), model_spec="lite0@160")
     objs = ["obj5", "obj12", "obj21", "obj33", "obj40"]
     for o in objs:
-        views = [load_image(coil / o / f"{o}__{a}.jpg") for a in (0, 90, 180, 270)]
-        g.add([o] * 4, embed_arrays(model, views))
+        paths = [coil / o / f"{o}__{a}.jpg" for a in (0, 90, 180, 270)]
+        g.add([o] * 4, embed_arrays(model, [load_image(p) for p in paths]), paths=[str(p) for p in paths])
     sprites = [
         (o, rgba_from_plain_background(load_image(coil / o / f"{o}__45.jpg"), dark=True)) for o in objs[:3]
     ]

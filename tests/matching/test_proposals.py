@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 
 from recognizer.data.backgrounds import load_backgrounds
 from recognizer.matching.proposals import (
@@ -75,16 +76,37 @@ def test_windows_pick_one_tight_window_per_touching_item():
 
 
 def test_a_lone_item_is_not_cut_by_a_half_that_resembles_a_distractor():
-    # one wide item: its blob names it best; a narrow window on its right half looks a little like item 1
+    # one item 150 x 100: its blob names it best; narrow windows on its halves look a little like items 1 and 2
     wins = [(0, 0, 150, 100), (0, 0, 70, 100), (40, 0, 70, 100), (80, 0, 70, 100)]
     s = np.full((4, 3), 0.3, np.float32)
     s[0, 0], s[1, 0], s[2, 2], s[3, 1] = 0.72, 0.68, 0.61, 0.6
-    assert select_boxes(Blob(wins[0], wins), s, accept=0.5)[0] == [1, 2, 3]  # without the rule: two phantoms
-    assert select_boxes(Blob(wins[0], wins), s, accept=0.5, part_gain=0.03) == ([0], [])
-    # touching items: each tight window names its item better than the mixed whole does
-    touching = s.copy()
-    touching[0, 0], touching[1, 0], touching[3, 1] = 0.62, 0.7, 0.75
-    assert select_boxes(Blob(wins[0], wins), touching, accept=0.5, part_gain=0.03)[0] == [1, 3]
+    assert select_boxes(Blob(wins[0], wins), s, accept=0.5)[0] == [1, 2, 3]  # without the items' widths: two phantoms
+    aspects = np.array([1.5, 0.7, 0.7], np.float32)  # item 0 is as wide as the blob
+    assert select_boxes(Blob(wins[0], wins), s, accept=0.5, aspects=aspects) == ([0], [])
+    # a blob far wider than the item its whole box names holds several items: windows separate them
+    assert select_boxes(Blob(wins[0], wins), s, accept=0.5, aspects=np.array([0.7, 0.7, 0.7]))[0] == [1, 2, 3]
+    # an item of unknown width (shelf photos only) is separated as before
+    assert select_boxes(Blob(wins[0], wins), s, accept=0.5, aspects=np.full(3, np.nan))[0] == [1, 2, 3]
+
+
+def test_item_aspects_come_from_plain_background_photos(tmp_path):
+    from PIL import Image
+
+    from recognizer.gallery import Gallery
+    from recognizer.matching.proposals import item_aspects, object_aspect
+
+    wide = np.full((100, 200, 3), 255, np.uint8)
+    wide[40:60, 20:180] = (200, 30, 30)  # a 160 x 20 object on white
+    shelf = np.random.default_rng(0).integers(0, 255, (100, 100, 3), dtype=np.uint8)  # no plain background
+    assert object_aspect(wide) == pytest.approx(8.0, rel=0.1) and object_aspect(shelf) is None
+    paths = []
+    for name, im in (("wide", wide), ("shelf", shelf)):
+        paths.append(str(tmp_path / f"{name}.png"))
+        Image.fromarray(im).save(paths[-1])
+    g = Gallery.create(tmp_path / "g", {"fingerprint": "f", "embedding_dim": 4, "preprocess": {"input_size": 64}})
+    g.add(["a", "b"], np.eye(2, 4, dtype=np.float32), paths=paths)
+    a = item_aspects(g, ["a", "b"])
+    assert a[0] == pytest.approx(8.0, rel=0.1) and np.isnan(a[1])
 
 
 def test_a_part_that_matches_no_candidate_is_left_over_as_unknown():

@@ -1,0 +1,93 @@
+"""Suite ``verify_speed``: what geometric verification costs per query, and what each saving costs in accuracy.
+
+Per protocol (unseen items, real data), one gallery enrolled with the enrolment defaults (whole
++ crop:0.6 views, SIFT keypoints) and off-the-shelf ``lite0``; the same queries (embedded once)
+are matched through the one recognition path (``Recognizer.match_files``) with the photo
+defaults and each verification variant: items verified (top K), photos per item, keypoints
+extracted from the query, the query's size for extraction. Rows: top-1 over the whole gallery
+and within the candidates, verification ms per query (extraction + matching), all variants
+measured in turns on the same queries.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..common import MANIFESTS, SHARED_DATA
+
+PROTOCOLS = {"grocery_packages": "grocery", "grocery_unseen_fewshot": "grocery"}
+VARIANTS: dict[str, dict[str, Any] | None] = {  # name -> RerankConfig keyword arguments (None: off)
+    "off": None,
+    "top10 x3 (the former default)": {"top_k": 10, "per_item": 3},
+    "top10 x1": {"top_k": 10, "per_item": 1},
+    "top3 x3": {"top_k": 3, "per_item": 3},
+    "top3 x1": {"top_k": 3, "per_item": 1},
+    "top3 x1, 500 query keypoints": {"top_k": 3, "per_item": 1, "nfeatures": 500},
+    "top3 x1, query at 400 px": {"top_k": 3, "per_item": 1, "max_side": 400},
+}
+QUICK = {"protocols": ("grocery_packages",), "query_stride": 6}
+
+
+def run(protocols: tuple[str, ...] = tuple(PROTOCOLS), query_stride: int = 3, max_queries: int = 200,
+        model: str = "lite0", workdir: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """Rows per protocol and variant: top-1, top-1 within candidates, verification ms per query."""
+    from recognizer.data.candidates import with_candidates
+    from recognizer.data.manifest import load_manifest
+    from recognizer.enroll import enroll_manifest
+    from recognizer.evaluation.metrics import top1_accuracy
+    from recognizer.gallery import Gallery
+    from recognizer.matching.options import QueryOptions
+    from recognizer.matching.pipeline import Recognizer
+    from recognizer.matching.rerank import RerankConfig
+    from recognizer.models.model import load_model
+
+    tmp = Path(tempfile.mkdtemp(dir=workdir, prefix="bench_verify_"))
+    net = load_model(model)
+    res: dict[str, Any] = {"model": model, "by_protocol": {}}
+    try:
+        for name in protocols:
+            root, mpath = SHARED_DATA / PROTOCOLS[name], MANIFESTS / f"{name}.csv"
+            if not root.is_dir() or not mpath.is_file():
+                res["by_protocol"][name] = {"skipped": f"no data at {root} or no manifest {mpath}"}
+                continue
+            m = load_manifest(mpath, root)
+            queries = m.select(role="query")[::query_stride][:max_queries]
+            if any(not r.candidates for r in queries):
+                queries = with_candidates(queries, sorted({r.item_id for r in m.rows if r.role != "query"}), 10, 0)
+            g = Gallery.create(tmp / name, net.describe(), model_spec=model)
+            enroll_manifest(g, net, m, progress=False, views=["whole", "crop:0.6"], local_features="sift")
+            rows: dict[str, dict[str, Any]] = {}
+            for vname, kw in VARIANTS.items():
+                rec = Recognizer(g, net, QueryOptions(), None if kw is None else RerankConfig(**kw), exhaustive=True)
+                r = rec.match_files([m.resolve(q) for q in queries], [q.bbox for q in queries],
+                                    [q.candidates for q in queries], num_workers=0)  # fmt: skip
+                truth = [queries[i].item_id for i in r.indices]
+                rows[vname] = {
+                    "top1": round(top1_accuracy(truth, [x.item_id for x in r.full]), 4),
+                    "top1_candidates": round(top1_accuracy(truth, [x.item_id for x in r.within]), 4),
+                    "ms_verify": round(r.ms_verify, 1),
+                    "ms_embed": round(r.ms_embed, 1),
+                }
+            res["by_protocol"][name] = {"items": len(g.item_ids), "queries": len(queries), "rows": rows}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return res
+
+
+def markdown(res: dict[str, Any]) -> str:
+    """One table per protocol: variant, top-1, top-1 within candidates, verification and embedding ms."""
+    out = []
+    for name, cell in res["by_protocol"].items():
+        if "skipped" in cell:
+            out += [f"### {name}: skipped ({cell['skipped']})", ""]
+            continue
+        out += [f"### {name}: {cell['items']} items, {cell['queries']} queries", "",
+                "| verification | top-1 | top-1 within candidates | verification ms/query | embedding ms/query |",
+                "|---|---|---|---|---|"]  # fmt: skip
+        for v, r in cell["rows"].items():
+            out.append(f"| {v} | {r['top1']:.3f} | {r['top1_candidates']:.3f} | {r['ms_verify']:.1f} | {r['ms_embed']:.1f} |")
+        out.append("")
+    return "\n".join(out)
