@@ -56,14 +56,14 @@ def build_gallery(root: Path, model_spec: str = "lite0@160", features: str | Non
 def camera_configs() -> dict[str, Any]:
     """The configurations compared: name -> CameraConfig keyword arguments.
 
-    ``default`` (``CameraConfig()``: candidate-guided windows, a part of a blob kept only when it
-    beats the whole blob by ``part_gain``) against the other ways of cutting a blob into items, all
-    with the table background, grey-filled crops and the same tracker: ``windows_any_part``
-    (windows without the part rule), ``foreground`` (a blob is one item), ``split`` (the mask
-    split by watershed). The code before this suite existed is measured by ``before`` figures
-    kept in the results.
+    ``default`` (``CameraConfig()``: candidate-guided windows, a blob as narrow as the item it
+    names kept whole, square-padded crops) against the same without the items' widths
+    (``windows_any_split``) or without padding (``windows_unpadded``), and the other ways of
+    cutting a blob into items, all with the table background, grey-filled crops and the same
+    tracker: ``foreground`` (a blob is one item), ``split`` (the mask split by watershed).
+    The code before this suite existed is measured by ``before`` figures kept in the results.
     """
-    return {"default": {}, "windows_any_part": {"proposals": "windows", "part_gain": None},
+    return {"default": {}, "windows_any_split": {"aspect_slack": None}, "windows_unpadded": {"square": False},
             "foreground": {"proposals": "foreground"}, "split": {"proposals": "split"}}  # fmt: skip
 
 
