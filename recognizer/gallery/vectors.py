@@ -14,6 +14,7 @@ others.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -32,6 +33,7 @@ class VectorTable:
         self._tail: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._tail_rows: dict[int, list[tuple[int, np.ndarray]]] = {}  # col -> (tail chunk, row indices)
         self._tail_count = np.zeros(len(self.items), np.int64)
+        self._lock = threading.Lock()  # folding and appending from several scoring threads (the service)
         self._set_base(np.asarray(vids, np.int64), np.asarray(cols, np.int64), vecs)
 
     # ------------------------------------------------------------------ layout
@@ -49,12 +51,18 @@ class VectorTable:
         """Merge the tail into the sorted base (O(N), once per change; see the module docstring)."""
         if not self._tail:
             return
+        with self._lock:  # two threads must not fold the same tail twice
+            if self._tail:
+                self._fold_locked()
+
+    def _fold_locked(self) -> None:
         vids = np.concatenate([self._vids, *(t[0] for t in self._tail)])
         cols = np.concatenate([self._cols, *(t[1] for t in self._tail)])
         vecs = np.concatenate([self._vecs, *(t[2] for t in self._tail)])
-        self._tail, self._tail_rows = [], {}
-        self._tail_count = np.zeros(len(self.items), np.int64)
         self._set_base(vids, cols, vecs)
+        # the tail goes last: a reader that finds it empty (without the lock) finds the base complete
+        self._tail_rows, self._tail_count = {}, np.zeros(len(self.items), np.int64)
+        self._tail = []
 
     def add_items(self, items: Sequence[str]) -> None:
         """New item columns (at the end)."""
@@ -69,6 +77,10 @@ class VectorTable:
 
     def append(self, vids: np.ndarray, cols: np.ndarray, vecs: np.ndarray) -> None:
         """Add rows to the tail: O(rows), whatever the table's size."""
+        with self._lock:
+            self._append_locked(vids, cols, vecs)
+
+    def _append_locked(self, vids: np.ndarray, cols: np.ndarray, vecs: np.ndarray) -> None:
         chunk = len(self._tail)
         cols = np.asarray(cols, np.int64)
         self._tail.append((np.asarray(vids, np.int64), cols, np.ascontiguousarray(vecs, np.float32)))

@@ -364,3 +364,30 @@ def test_a_format_1_gallery_is_read_then_upgraded_by_its_first_writer(tmp_path):
     assert all(m.item_id == it for m, it in zip(g.search(old, k=1), ["a", "a", "b"], strict=True))
     g.compact()
     assert Gallery.open(tmp_path / "g").verify()["vectors"] == 13 and len(g.segment_files()) == 1
+
+
+def test_vector_table_folds_once_under_concurrent_readers():
+    """The service scores in several threads: the first read after appends folds the tail, and
+    concurrent readers must neither fold it twice (vectors doubled) nor see it half folded."""
+    import threading
+
+    from recognizer.gallery.vectors import VectorTable
+
+    for _ in range(5):
+        t = VectorTable("x", 4, ["a", "b"], [0, 1], [0, 1], np.eye(2, 4, dtype=np.float32))
+        for k in range(300):
+            t.append(np.array([2 + k]), np.array([k % 2]), np.ones((1, 4), np.float32))
+        seen: list[int] = []
+        barrier = threading.Barrier(8)
+
+        def read():
+            barrier.wait()
+            v, c = t.gather(None)
+            seen.append(len(v) * 1000 + int(c.sum()))
+
+        threads = [threading.Thread(target=read) for _ in range(8)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert seen == [302 * 1000 + 302] * 8 and len(t) == 302
