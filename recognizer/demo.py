@@ -130,6 +130,8 @@ def run_demo(
     results: dict[str, Any] = {"data": source, "data_root": str(m.data_root), "models": {}, "outputs": {}}
     if train_config is not None:
         t0 = time.perf_counter()
+        if (out / "train").exists():  # the demo's own run from last time: this run trains afresh
+            shutil.rmtree(out / "train")
         head = _train_head(m, train_config, out / "train", input_size, progress)
         results["train_seconds"] = time.perf_counter() - t0
         results["outputs"]["trained model"] = str(head)
