@@ -3,7 +3,7 @@
 Per protocol (unseen items, real data), one gallery enrolled with the enrolment defaults (whole
 + crop:0.6 views, SIFT keypoints) and off-the-shelf ``lite0``; the same queries (embedded once)
 are matched through the one recognition path (``Recognizer.match_files``) with the photo
-defaults and each verification variant: items verified (top K), photos per item, keypoints
+tools' default framing (crop:0.6, max) and each verification variant: items verified (top K), photos per item, keypoints
 extracted from the query, the query's size for extraction. Rows: top-1 over the whole gallery
 and within the candidates, verification ms per query (extraction + matching), all variants
 measured in turns on the same queries.
@@ -39,9 +39,9 @@ def run(protocols: tuple[str, ...] = tuple(PROTOCOLS), query_stride: int = 3, ma
     from recognizer.enroll import enroll_manifest
     from recognizer.evaluation.metrics import top1_accuracy
     from recognizer.gallery import Gallery
-    from recognizer.matching.options import QueryOptions
     from recognizer.matching.pipeline import Recognizer
     from recognizer.matching.rerank import RerankConfig
+    from recognizer.matching.settings import PHOTO_DEFAULTS, resolve_query
     from recognizer.models.model import load_model
 
     tmp = Path(tempfile.mkdtemp(dir=workdir, prefix="bench_verify_"))
@@ -60,8 +60,10 @@ def run(protocols: tuple[str, ...] = tuple(PROTOCOLS), query_stride: int = 3, ma
             g = Gallery.create(tmp / name, net.describe(), model_spec=model)
             enroll_manifest(g, net, m, progress=False, views=["whole", "crop:0.6"], local_features="sift")
             rows: dict[str, dict[str, Any]] = {}
+            base = {k: v for k, v in PHOTO_DEFAULTS.items() if k != "scope"}
+            opts, _ = resolve_query(None, "photo", {**base, "rerank": "none"})  # the photo tools' framing (crop:0.6)
             for vname, kw in VARIANTS.items():
-                rec = Recognizer(g, net, QueryOptions(), None if kw is None else RerankConfig(**kw), exhaustive=True)
+                rec = Recognizer(g, net, opts, None if kw is None else RerankConfig(**kw), exhaustive=True)
                 r = rec.match_files([m.resolve(q) for q in queries], [q.bbox for q in queries],
                                     [q.candidates for q in queries], num_workers=0)  # fmt: skip
                 truth = [queries[i].item_id for i in r.indices]
