@@ -256,9 +256,11 @@ class CameraMatcher:
             verifier=self._verify_track if self.verify_cfg else None,
         )  # fmt: skip
         self.proposer = Proposer(self.cfg)
-        # how wide each candidate's item is (plain-background photos), so a lone item's blob stays whole
-        self.aspects = (item_aspects(gallery, self.candidates)
-                        if self.cfg.proposals == "windows" and self.cfg.aspect_slack else None)  # fmt: skip
+        # how wide each candidate's item is (plain-background photos), so a lone item's blob stays whole;
+        # read when an item is first named by a whole blob (a 10,000-item gallery reads only those)
+        self._use_aspects = self.cfg.proposals == "windows" and bool(self.cfg.aspect_slack)
+        self.aspects = np.full(len(self.candidates), np.nan, np.float32)
+        self._aspect_known = np.zeros(len(self.candidates), bool)
         self.times = StageTimes()
         self._rgb: np.ndarray | None = None
         self._picks: list[tuple[Box, list[Box]]] = []  # last frame's blobs and the windows picked in them
@@ -348,7 +350,10 @@ class CameraMatcher:
         self._picks = []
         for b in blobs:
             s = scores[i : i + len(b.windows)]
-            picked, rest = select_boxes(b, s, self.threshold, self.cfg.nms, self.aspects, self.cfg.aspect_slack or 1.0)
+            if self._use_aspects and b.kind == "windows" and len(s):
+                self._read_aspect(int(np.argmax(s[0])))
+            picked, rest = select_boxes(b, s, self.threshold, self.cfg.nms, self.aspects if self._use_aspects else None,
+                                        self.cfg.aspect_slack or 1.0)  # fmt: skip
             if b.kind == "kept" and (s.max(axis=1) < self.threshold).any():
                 self._since_search = self.cfg.refresh_frames  # a kept window lost its item: search next frame
             self._picks.append((b.box, [b.windows[j] for j in picked]))
@@ -361,6 +366,11 @@ class CameraMatcher:
                 rows.append(np.minimum(s[j], self.threshold - 1e-3))
             i += len(b.windows)
         return boxes, np.array(rows, np.float32).reshape(len(rows), len(self.candidates))
+
+    def _read_aspect(self, col: int) -> None:
+        if not self._aspect_known[col]:
+            self.aspects[col] = item_aspects(self.gallery, [self.candidates[col]])[0]
+            self._aspect_known[col] = True
 
     def state(self, index: int, t: float) -> dict[str, Any]:
         """Every alive, named track at this frame (hidden ones coast): one line of ``--frames-jsonl``."""
