@@ -86,3 +86,37 @@ def clustered_vectors(n_items: int, per_item: int, dim: int, seed: int, cosine: 
         blk += rng.standard_normal(blk.shape, dtype=np.float32) * np.float32(sigma)
         blk /= np.linalg.norm(blk, axis=1, keepdims=True)
     return out
+
+
+def protocol_queries(manifest: Path, data_root: Path, query_stride: int, max_queries: int):
+    """``(manifest, queries)`` of a real-data protocol (every ``query_stride``-th query, at most
+    ``max_queries``; 10 random candidates each where the manifest names none), or ``None`` with the
+    reason when its data or manifest is missing."""
+    from recognizer.data.manifest import load_manifest
+
+    if not data_root.is_dir() or not manifest.is_file():
+        return None, f"no data at {data_root} or no manifest {manifest}"
+    m = load_manifest(manifest, data_root)
+    return (m, select_queries(m, query_stride, max_queries)), ""
+
+
+def select_queries(m, query_stride: int, max_queries: int) -> list:
+    """Every ``query_stride``-th query row, at most ``max_queries``, each with candidates (10 random
+    enrolled items including its own where the manifest names none)."""
+    from recognizer.data.candidates import with_candidates
+
+    queries = m.select(role="query")[::query_stride][:max_queries]
+    if any(not r.candidates for r in queries):
+        queries = with_candidates(queries, sorted({r.item_id for r in m.rows if r.role != "query"}), 10, 0)
+    return queries
+
+
+def protocols_markdown(res: dict[str, Any], table: Callable[[str, dict[str, Any]], list[str]]) -> str:
+    """One section per protocol of ``res["by_protocol"]``: its heading, then ``table(name, cell)``'s lines."""
+    out: list[str] = []
+    for name, cell in res["by_protocol"].items():
+        if "skipped" in cell:
+            out += [f"### {name}: skipped ({cell['skipped']})", ""]
+            continue
+        out += [f"### {name}: {cell['items']} items, {cell['queries']} queries", "", *table(name, cell), ""]
+    return "\n".join(out)

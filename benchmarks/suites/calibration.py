@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..common import MANIFESTS, SHARED_DATA
+from ..common import MANIFESTS, SHARED_DATA, protocol_queries, protocols_markdown, select_queries
 
 PROTOCOLS = {  # name -> (manifest, data folder under shared data; None: generated covers)
     "grocery_unseen_1shot": ("grocery_unseen", "grocery"),
@@ -57,7 +57,6 @@ def run(
     manifests: str | Path = MANIFESTS,
 ) -> dict[str, Any]:
     """Rows per protocol: top-1 overall, top-1 within the candidates, ms/query; plus calibration time and choice."""
-    from recognizer.data.candidates import with_candidates
     from recognizer.data.manifest import load_manifest
     from recognizer.data.synthetic import generate_covers
     from recognizer.enroll import enroll_manifest
@@ -76,15 +75,14 @@ def run(
             mname, folder = PROTOCOLS[name]
             if mname is None:
                 m = load_manifest(generate_covers(tmp / "covers", n_covers, 2))
+                queries = select_queries(m, query_stride, max_queries)
             else:
-                root, mpath = Path(shared_data) / folder, Path(manifests) / f"{mname}.csv"
-                if not root.is_dir() or not mpath.is_file():
-                    res["by_protocol"][name] = {"skipped": f"no data at {root} or no manifest {mpath}"}
+                got, why = protocol_queries(Path(manifests) / f"{mname}.csv", Path(shared_data) / folder,
+                                            query_stride, max_queries)  # fmt: skip
+                if got is None:
+                    res["by_protocol"][name] = {"skipped": why}
                     continue
-                m = load_manifest(mpath, root)
-            queries = m.select(role="query")[::query_stride][:max_queries]
-            if any(not r.candidates for r in queries):
-                queries = with_candidates(queries, sorted({r.item_id for r in m.rows if r.role != "query"}), 10, 0)
+                m, queries = got
             galleries, cell = {}, {"items": 0, "queries": len(queries)}
             for label, views in (("before", ["whole"]), ("after", ["whole", "crop:0.6"])):
                 g = Gallery.create(tmp / f"{name}_{label}", net.describe(), model_spec=model)
@@ -152,24 +150,23 @@ def _measure(gallery, model, manifest, queries, overrides, mode) -> dict[str, An
 
 def markdown(res: dict[str, Any]) -> str:
     """Per protocol: the calibration's time, pseudo-queries and choice, then one row per setting."""
-    out = []
-    for name, cell in res["by_protocol"].items():
-        if "skipped" in cell:
-            out += [f"### {name}: skipped ({cell['skipped']})", ""]
-            continue
-        out += [
-            f"### {name}: {cell['items']} items, {cell['queries']} queries", "",
+
+    def table(_: str, cell: dict[str, Any]) -> list[str]:
+        steps = cell.get("calibration_steps")
+        out = [
             f"enrolment before/after {cell['enrol_seconds_before']}/{cell['enrol_seconds_after']} s; calibration "
             f"{cell['calibration_seconds']} s on {cell['calibration_pseudo_queries']}; calibrated minus best single "
             f"option (top-1): {cell['calibrated_minus_best_single_top1']:+.3f}", "",
             f"chosen: `{cell['chosen']}`", "",
             *([("steps: " + "; ".join(f"{st['option']}: {st['best']} {'adopted' if st['adopted'] else 'not a clear gain'}"
-                                      for st in cell["calibration_steps"])), ""] if "calibration_steps" in cell else []),
+                                      for st in steps)), ""] if steps else []),
             "| setting | top-1 | top-1 within candidates | ms/query | of which verification | as run |",
             "|---|---|---|---|---|---|",
         ]  # fmt: skip
-        for opt, r in cell["rows"].items():
-            out.append(f"| {opt} | {r['top1']:.3f} | {r['top1_candidates']:.3f} | {r['ms_per_query']:.0f} | "
-                       f"{r.get('ms_verify', 0):.0f} | {r['settings']} |")  # fmt: skip
-        out.append("")
-    return "\n".join(out)
+        return out + [
+            f"| {opt} | {r['top1']:.3f} | {r['top1_candidates']:.3f} | {r['ms_per_query']:.0f} | "
+            f"{r.get('ms_verify', 0):.0f} | {r['settings']} |"
+            for opt, r in cell["rows"].items()
+        ]  # fmt: skip
+
+    return protocols_markdown(res, table)

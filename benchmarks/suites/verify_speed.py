@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..common import MANIFESTS, SHARED_DATA
+from ..common import MANIFESTS, SHARED_DATA, protocol_queries, protocols_markdown
 
 PROTOCOLS = {"grocery_packages": "grocery", "grocery_unseen_fewshot": "grocery"}
 VARIANTS: dict[str, dict[str, Any] | None] = {  # name -> RerankConfig keyword arguments (None: off)
@@ -34,8 +34,6 @@ QUICK = {"protocols": ("grocery_packages",), "query_stride": 6}
 def run(protocols: tuple[str, ...] = tuple(PROTOCOLS), query_stride: int = 3, max_queries: int = 200,
         model: str = "lite0", workdir: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Rows per protocol and variant: top-1, top-1 within candidates, verification ms per query."""
-    from recognizer.data.candidates import with_candidates
-    from recognizer.data.manifest import load_manifest
     from recognizer.enroll import enroll_manifest
     from recognizer.evaluation.metrics import top1_accuracy
     from recognizer.gallery import Gallery
@@ -49,14 +47,11 @@ def run(protocols: tuple[str, ...] = tuple(PROTOCOLS), query_stride: int = 3, ma
     res: dict[str, Any] = {"model": model, "by_protocol": {}}
     try:
         for name in protocols:
-            root, mpath = SHARED_DATA / PROTOCOLS[name], MANIFESTS / f"{name}.csv"
-            if not root.is_dir() or not mpath.is_file():
-                res["by_protocol"][name] = {"skipped": f"no data at {root} or no manifest {mpath}"}
+            got, why = protocol_queries(MANIFESTS / f"{name}.csv", SHARED_DATA / PROTOCOLS[name], query_stride, max_queries)
+            if got is None:
+                res["by_protocol"][name] = {"skipped": why}
                 continue
-            m = load_manifest(mpath, root)
-            queries = m.select(role="query")[::query_stride][:max_queries]
-            if any(not r.candidates for r in queries):
-                queries = with_candidates(queries, sorted({r.item_id for r in m.rows if r.role != "query"}), 10, 0)
+            m, queries = got
             g = Gallery.create(tmp / name, net.describe(), model_spec=model)
             enroll_manifest(g, net, m, progress=False, views=["whole", "crop:0.6"], local_features="sift")
             rows: dict[str, dict[str, Any]] = {}
@@ -81,15 +76,12 @@ def run(protocols: tuple[str, ...] = tuple(PROTOCOLS), query_stride: int = 3, ma
 
 def markdown(res: dict[str, Any]) -> str:
     """One table per protocol: variant, top-1, top-1 within candidates, verification and embedding ms."""
-    out = []
-    for name, cell in res["by_protocol"].items():
-        if "skipped" in cell:
-            out += [f"### {name}: skipped ({cell['skipped']})", ""]
-            continue
-        out += [f"### {name}: {cell['items']} items, {cell['queries']} queries", "",
-                "| verification | top-1 | top-1 within candidates | verification ms/query | embedding ms/query |",
-                "|---|---|---|---|---|"]  # fmt: skip
-        for v, r in cell["rows"].items():
-            out.append(f"| {v} | {r['top1']:.3f} | {r['top1_candidates']:.3f} | {r['ms_verify']:.1f} | {r['ms_embed']:.1f} |")
-        out.append("")
-    return "\n".join(out)
+
+    def table(_: str, cell: dict[str, Any]) -> list[str]:
+        return ["| verification | top-1 | top-1 within candidates | verification ms/query | embedding ms/query |",
+                "|---|---|---|---|---|"] + [
+            f"| {v} | {r['top1']:.3f} | {r['top1_candidates']:.3f} | {r['ms_verify']:.1f} | {r['ms_embed']:.1f} |"
+            for v, r in cell["rows"].items()
+        ]  # fmt: skip
+
+    return protocols_markdown(res, table)
