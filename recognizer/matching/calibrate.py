@@ -21,8 +21,8 @@ pseudo-queries from what was enrolled and tries the options of the one recogniti
   gain over the current setting, query by query, exceeds ``min_gain_se`` standard errors; among
   the variants that do, the cheapest that is not clearly worse than the step's best wins (so
   verifying 10 items instead of 3 must earn its cost). A few dozen pseudo-queries are noisy: on
-  grocery few-shot, four draws of 57 held-out photos each ranked a different view first, and
-  the largest of 25 noisy figures is not a real gain. Held-out shelf photos also leaned to wider
+  grocery few-shot, four draws of 57 held-out photos put crop:0.8, whole, a tie and crop:0.6
+  first (with probe), and the largest of 25 noisy figures is not a real gain. Held-out shelf photos also leaned to wider
   views than real queries did (cause not established). So the defaults stand unless the
   evidence against them is clear; the uncalibrated defaults (with
   re-ranking) are adopted last the same way. Then the open-set threshold at the chosen
