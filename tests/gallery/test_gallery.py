@@ -380,7 +380,7 @@ def test_vector_table_folds_once_under_concurrent_readers():
         seen: list[int] = []
         barrier = threading.Barrier(8)
 
-        def read():
+        def read(t=t, seen=seen, barrier=barrier):
             barrier.wait()
             v, c = t.gather(None)
             seen.append(len(v) * 1000 + int(c.sum()))
