@@ -289,10 +289,15 @@ def generate_catalog(
     return manifest
 
 
+def border_pixels(rgb: np.ndarray, width: int = 4) -> np.ndarray:
+    """The grayscale values of the image's ``width``-pixel border (top, bottom, left, right)."""
+    g = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    return np.concatenate([g[:width].ravel(), g[-width:].ravel(), g[:, :width].ravel(), g[:, -width:].ravel()])
+
+
 def border_color(rgb: np.ndarray, width: int = 4) -> tuple[float, float]:
     """Mean and standard deviation of the image's border pixels (grayscale)."""
-    g = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    b = np.concatenate([g[:width].ravel(), g[-width:].ravel(), g[:, :width].ravel(), g[:, -width:].ravel()])
+    b = border_pixels(rgb, width).astype(np.float32)
     return float(b.mean()), float(b.std())
 
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import ast
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -278,7 +278,7 @@ class _Scorer:
         self.fold = np.asarray(pq.fold, np.int64)
         self.records = gallery.records()
         # per fold, the reference photos' vectors: everything but that fold's held-out photos
-        self.kept = [[r for r in self.records if r["vid"] not in set(w)] for w in pq.fold_without]
+        self.kept = [[r for r in self.records if r["vid"] not in w] for w in map(set, pq.fold_without)]
         self.photo_vids: list[dict[str, list[int]]] = []  # per fold: item -> first-view vids with features, oldest first
         self.method: str | None = None
 
@@ -315,15 +315,21 @@ class _Scorer:
             self._scores[key] = s
         return self._scores[key]
 
+    def _per_fold(self, stored: dict[int, Any], value: Callable[[int], Any]) -> list[dict[str, list[Any]]]:
+        """Per fold, ``item -> [value(vid)]`` over that fold's reference vectors that have ``stored`` features."""
+        out = []
+        for kept in self.kept:
+            by_item: dict[str, list[Any]] = {}
+            for r in kept:
+                if r["vid"] in stored:
+                    by_item.setdefault(r["item_id"], []).append(value(int(r["vid"])))
+            out.append(by_item)
+        return out
+
     def setup_rerank(self, method: str) -> None:
         self.method = method
         self.gallery_feats = self.g.features.of_vectors([r["vid"] for r in self.records], method)
-        for kept in self.kept:
-            pv: dict[str, list[int]] = {}
-            for r in kept:
-                if r["vid"] in self.gallery_feats:
-                    pv.setdefault(r["item_id"], []).append(int(r["vid"]))
-            self.photo_vids.append(pv)
+        self.photo_vids = self._per_fold(self.gallery_feats, lambda vid: vid)
 
     def inliers(self, q: int, vid: int, cfg: RerankConfig) -> tuple[int, float]:
         if q not in self._feats:
@@ -343,14 +349,7 @@ class _Scorer:
             qh = [colour_histogram(im) for im in self.pq.images]
             ms = 1000 * (time.perf_counter() - t0) / max(1, len(qh))
             stored = self.g.features.of_vectors([r["vid"] for r in self.records], COLOUR_METHOD)
-            per_fold = []
-            for kept in self.kept:
-                ih: dict[str, list[np.ndarray]] = {}
-                for r in kept:
-                    if r["vid"] in stored:
-                        ih.setdefault(r["item_id"], []).append(stored[r["vid"]][1])
-                per_fold.append(ih)
-            self._colours = (qh, per_fold, ms)
+            self._colours = (qh, self._per_fold(stored, lambda vid: stored[vid][1]), ms)
         return self._colours
 
     def measure(self, t: Trial) -> Trial:

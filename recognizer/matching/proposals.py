@@ -316,10 +316,9 @@ def object_aspect(rgb: np.ndarray, width: int = 4, share: float = 0.85) -> float
     The background is plain when ``share`` of the border's pixels are near black (< 40) or near
     white (> 215): a turntable shot's dark border is noisy, and its object may touch an edge.
     """
-    from ..data.synthetic import rgba_from_plain_background
+    from ..data.synthetic import border_pixels, rgba_from_plain_background
 
-    g = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    b = np.concatenate([g[:width].ravel(), g[-width:].ravel(), g[:, :width].ravel(), g[:, -width:].ravel()])
+    b = border_pixels(rgb, width)
     dark, white = (b < 40).mean() >= share, (b > 215).mean() >= share
     if not (dark or white):
         return None
