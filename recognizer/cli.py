@@ -17,13 +17,16 @@ from .matching.settings import (  # noqa: F401  (re-exported for the tools)
 from .models.onnx import BACKENDS
 
 
-def add_backend_arguments(parser) -> None:
-    """``--backend``, ``--onnx`` and ``--threads`` for the tools."""
+def add_backend_arguments(parser, auto: bool = False) -> None:
+    """``--backend``, ``--onnx`` and ``--threads`` for the tools (``auto``: the camera's default choice)."""
     g = parser.add_argument_group("backend")
     g.add_argument(
         "--backend",
-        choices=BACKENDS,
-        help="torch (default) or onnx: ONNX Runtime with an exported model (--onnx)",
+        choices=(*BACKENDS, "auto") if auto else BACKENDS,
+        help="auto (default): ONNX Runtime when installed (a verified export made once), else torch; "
+        "torch; or onnx: ONNX Runtime with an exported model (--onnx)"
+        if auto
+        else "torch (default) or onnx: ONNX Runtime with an exported model (--onnx)",
     )
     g.add_argument(
         "--onnx",
@@ -39,7 +42,7 @@ def add_backend_arguments(parser) -> None:
 def backend_kwargs(args) -> dict[str, Any]:
     """``{backend, onnx, threads}`` from :func:`add_backend_arguments` flags."""
     backend = args.backend or ("onnx" if args.onnx else "torch")
-    if backend == "torch" and args.onnx:
+    if backend in ("torch", "auto") and args.onnx:
         raise ValueError("--onnx runs on --backend onnx, not torch")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")

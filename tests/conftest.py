@@ -12,6 +12,18 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RECOGNIZER_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _export_cache(tmp_path_factory):
+    """The camera tool's ONNX exports (made once per model) go to a folder of this run, never the user's cache."""
+    old = os.environ.get("RECOGNIZER_CACHE")
+    os.environ["RECOGNIZER_CACHE"] = str(tmp_path_factory.mktemp("recognizer_cache"))
+    yield
+    if old is None:
+        os.environ.pop("RECOGNIZER_CACHE", None)
+    else:
+        os.environ["RECOGNIZER_CACHE"] = old
+
+
 def in_ci() -> bool:
     """True under ``CI=true`` (set by CI services): real data must be there, a missing path fails."""
     return os.environ.get("CI", "").strip().lower() in ("true", "1")

@@ -25,7 +25,7 @@ from typing import Any
 from ..common import MANIFESTS, SHARED_DATA
 
 QUICK = {"scenes": ("touching",), "configs": ("default",)}
-COMPARE_SCENES = ("touching", "hand", "table")  # the proposal methods are compared on these
+COMPARE_SCENES = ("touching", "hand", "swap", "table")  # the proposal methods are compared on these
 
 
 def build_gallery(root: Path, model_spec: str = "lite0@160", features: str | None = "sift"):
@@ -56,15 +56,19 @@ def build_gallery(root: Path, model_spec: str = "lite0@160", features: str | Non
 def camera_configs() -> dict[str, Any]:
     """The configurations compared: name -> CameraConfig keyword arguments.
 
-    ``default`` (``CameraConfig()``: candidate-guided windows, a blob as narrow as the item it
-    names kept whole, square-padded crops) against the same without the items' widths
-    (``windows_any_split``) or without padding (``windows_unpadded``), and the other ways of
-    cutting a blob into items, all with the table background, grey-filled crops and the same
-    tracker: ``foreground`` (a blob is one item), ``split`` (the mask split by watershed).
-    The code before this suite existed is measured by ``before`` figures kept in the results.
+    ``default`` (``CameraConfig()``: candidate-guided windows pooled across frames within a time
+    budget per frame, windows of the wrong shape for the item they name never picked, last frame's items
+    kept unless clearly beaten, square-padded crops) against: ``shape_1.5`` and ``shape_2.0`` (the
+    shape check's slack), ``no_shape`` (no shape check), ``no_keep`` (no bonus for last frame's
+    items), ``frame_ms_40`` (a frame aims at 40 ms, not 30: more windows explored per frame),
+    ``no_budget`` (every stale window re-embedded at once), ``windows_unpadded``, and the
+    other ways of cutting a blob into items, all with the table background, grey-filled crops and
+    the same tracker: ``foreground`` (a blob is one item), ``split`` (the mask split by watershed).
     """
-    return {"default": {}, "windows_any_split": {"aspect_slack": None}, "windows_unpadded": {"square": False},
-            "foreground": {"proposals": "foreground"}, "split": {"proposals": "split"}}  # fmt: skip
+    return {"default": {}, "shape_1.5": {"shape_slack": 1.5}, "shape_2.0": {"shape_slack": 2.0},
+            "no_shape": {"shape_slack": None}, "no_keep": {"keep_bonus": 0.0}, "frame_ms_40": {"frame_ms": 40.0}, "no_budget": {"frame_ms": None},
+            "windows_unpadded": {"square": False}, "foreground": {"proposals": "foreground"},
+            "split": {"proposals": "split"}}  # fmt: skip
 
 
 def run_scene(g, model, spec, cfg_kwargs: dict[str, Any], work: Path, *, out_video=None, frames_jsonl=None):
@@ -94,7 +98,7 @@ def run_scene(g, model, spec, cfg_kwargs: dict[str, Any], work: Path, *, out_vid
         "wrong_label_frames": round(m["wrong_label_frames"], 3), "switches_max": m["switches_max"],
         "switches_mean": round(m["switches_mean"], 2), "first_label_s_max": m["first_label_s_max"],
         "frame_ms_p50": round(lat["total"]["p50"], 1), "frame_ms_p95": round(lat["total"]["p95"], 1),
-        "crops_mean": round(lat["crops"]["mean"], 1),
+        "crops_mean": round(lat["crops"]["mean"], 1), "crop_budget": stats.get("crop_budget"),
     }  # fmt: skip
     return row, stats, m
 

@@ -4,9 +4,10 @@ Pipeline per frame: capture (own thread; the worker always takes the newest fram
 lag never builds up) -> proposals (full frame, a fixed ROI, a grid of crops, or blobs over
 a background model of the table that follows light changes, shadows and camera pans; a
 blob of touching items is separated by candidate-guided windows or by splitting its mask,
-:mod:`.proposals`) -> every crop of the frame embedded as one batch -> scores against the
-candidate items only (never a scan of the gallery) -> windows picked by score (NMS; what
-matches no candidate stays ``unknown``) -> tracks (:mod:`.tracking`: IoU association, EMA,
+:mod:`.proposals`; a window's scores are kept a few frames, :mod:`.window_pool`, so a frame
+embeds last frame's items and only as many more windows as fit in ``frame_ms``) -> the
+frame's crops embedded as one batch -> scores against the candidate items only (never a scan
+of the gallery) -> windows picked by score (NMS; what matches no candidate stays ``unknown``) -> tracks (:mod:`.tracking`: IoU association, EMA,
 one-to-one Hungarian assignment, hysteresis, coasting through short occlusions, geometric
 verification once per track) -> JSONL events (appear, change, leave), an optional per-frame
 state stream, and an annotated frame with per-stage latencies.
@@ -32,7 +33,6 @@ from .proposals import (
     Blob,
     TableBackground,
     blobs_from_mask,
-    follow,
     item_aspects,
     select_boxes,
     split_boxes,
@@ -41,6 +41,7 @@ from .proposals import (
 from .rerank import RerankConfig, verify_items
 from .tracking import UNKNOWN, Box, Event, LabelTracker, Track, assign, iou
 from .video import FrameSource
+from .window_pool import Scored, WindowPool
 
 __all__ = ["UNKNOWN", "Box", "CameraConfig", "CameraMatcher", "Event", "LabelTracker", "Track", "assign", "iou",
            "label_accuracy", "latency_table", "run_camera"]  # fmt: skip
@@ -80,6 +81,7 @@ class CameraConfig:
     rerank: RerankConfig | None = None  # geometric verification of every crop's top candidates, every frame
     verify: str = "auto"  # per-track verification (once at birth and on a challenge): the gallery's stored features
     verify_top: int = 3
+    rebox_iou: float = 0.5  # a track whose box jumps (IoU with its last box below this) is verified again
     verify_window: float = 0.1  # the cached bonus counts for items this close to the track's best embedding score
     warmup_frames: int = 10  # foreground: frames of the empty scene to learn the background from
     bg_learning_rate: float = 0.0005  # mog2: background adaptation after the warm-up
@@ -89,7 +91,10 @@ class CameraConfig:
     window_positions: int = 6  # windows: positions per width, at most
     nms: float = 0.5  # windows: picked windows overlap by at most this share of the narrower one's width
     aspect_slack: float | None = 1.25  # windows: a blob no wider than this x the width of the item it names is one item (None: off)
-    refresh_frames: int = 5  # windows: search every blob afresh at least this often; between, follow last picks
+    refresh_frames: int = 5  # windows: a window's scores are reused (moved with its blob) for at most this many frames
+    shape_slack: float | None = 1.75  # windows: a window this much wider (narrower) than the item it names is never that item (1.5 and 2.0: worse, see #16)
+    keep_bonus: float = 0.1  # windows: last frame's items count this much more when a blob's items are picked
+    frame_ms: float | None = 30.0  # windows: aim each frame at this: windows embedded beyond last frame's items, from the measured ms per crop (None: all stale ones)
     mask_fill: int | None = 128  # table background: paint the empty table in each crop this grey (None: keep it)
     square: bool = True  # pad each crop to a square (grey) so a narrow window is not stretched (off: touching COIL recall 0.79 vs 0.94)
 
@@ -258,13 +263,15 @@ class CameraMatcher:
         self.proposer = Proposer(self.cfg)
         # how wide each candidate's item is (plain-background photos), so a lone item's blob stays whole;
         # read when an item is first named by a whole blob (a 10,000-item gallery reads only those)
-        self._use_aspects = self.cfg.proposals == "windows" and bool(self.cfg.aspect_slack)
-        self.aspects = np.full(len(self.candidates), np.nan, np.float32)
+        self._use_aspects = self.cfg.proposals == "windows" and bool(self.cfg.aspect_slack or self.cfg.shape_slack)
+        self.aspects = np.full((len(self.candidates), 2), np.nan, np.float32)
         self._aspect_known = np.zeros(len(self.candidates), bool)
+        if self._use_aspects and candidates and len(self.candidates) <= 64:  # a table's few: read now, not mid-stream
+            self.aspects[:] = item_aspects(gallery, self.candidates)
+            self._aspect_known[:] = True
         self.times = StageTimes()
         self._rgb: np.ndarray | None = None
-        self._picks: list[tuple[Box, list[Box]]] = []  # last frame's blobs and the windows picked in them
-        self._since_search = 0
+        self.pool = WindowPool(self.cfg.refresh_frames, self._crop_budget() if self.cfg.proposals == "windows" else None)
 
     def _verify_config(self) -> RerankConfig | None:
         method = self.cfg.verify
@@ -292,15 +299,16 @@ class CameraMatcher:
         dx, dy = self.proposer.shift
         if dx or dy:
             self.tracker.shift(dx, dy)
-        self._follow(blobs, moved=bool(dx or dy))
+            self.pool.shift(dx, dy)
+        plan = self.pool.plan(blobs) if self.cfg.proposals == "windows" else [[Scored(w, None) for w in b.windows] for b in blobs]
         t1 = time.perf_counter()
         rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
         self._rgb = rgb
-        wins = [w for b in blobs for w in b.windows]
-        crops = [crop(rgb, w, self.cfg.pad) for w in wins]
+        todo = [e for es in plan for e in es if e.scores is None]
+        crops = [crop(rgb, e.box, self.cfg.pad) for e in todo]
         if self.cfg.mask_fill is not None and self.proposer.mask is not None and crops:
             fill = self.cfg.mask_fill
-            crops = [np.where(crop(self.proposer.mask, w, self.cfg.pad)[:, :, None] > 0, c, np.uint8(fill)) for c, w in zip(crops, wins, strict=True)]
+            crops = [np.where(crop(self.proposer.mask, e.box, self.cfg.pad)[:, :, None] > 0, c, np.uint8(fill)) for c, e in zip(crops, todo, strict=True)]
         if self.cfg.square and self.cfg.proposals in ("foreground", "split", "windows"):
             crops = [pad_square(c, 128 if self.cfg.mask_fill is None else self.cfg.mask_fill) for c in crops]
         views = self.rec.embed_arrays(crops)  # every crop of the frame in one forward
@@ -308,9 +316,9 @@ class CameraMatcher:
         if crops:
             _, scores = self.rec.scores(views, range(len(crops)), self.candidates)
             scores = self.rec.verify(self.candidates, scores, lambda i: crops[i])
-        else:
-            scores = np.zeros((0, len(self.candidates)), np.float32)
-        boxes, rows = self._select(blobs, scores)
+            for e, row in zip(todo, scores, strict=True):
+                e.scores = row
+        boxes, rows = self._select(blobs, plan)
         t3 = time.perf_counter()
         events = self.tracker.update(index, t, boxes, rows)
         t4 = time.perf_counter()
@@ -328,44 +336,57 @@ class CameraMatcher:
         )
         return events
 
-    def _follow(self, blobs: list[Blob], moved: bool) -> None:
-        """Between fresh searches, a blob that kept its size keeps last frame's picks (moved with it):
-        a few crops instead of every window. A new or resized blob, a camera move, or the
-        ``refresh_frames``-th frame searches all windows again."""
-        self._since_search += 1
-        if self.cfg.proposals != "windows" or moved or self._since_search >= self.cfg.refresh_frames:
-            self._since_search = 0
-            return
-        for b in blobs:
-            kept = follow(self._picks, b)
-            if kept is not None:
-                b.windows, b.kind = kept, "kept"
+    def _crop_budget(self, other_ms: float = 8.0) -> int | None:
+        """Crops a frame can embed within ``frame_ms``: the embedder timed once, at start, on a
+        batch of 4 crops (a budget fixed for the run, so labels do not follow the machine's load
+        frame by frame); ``other_ms``: the rest of a frame (background, scoring, tracking)."""
+        if self.cfg.frame_ms is None:
+            return None
+        dummy = [np.full((120, 90, 3), 128, np.uint8)] * 4
+        self.rec.embed_arrays(dummy)  # the first call is start-up (and the first frame need not pay it)
+        ms = []
+        for _ in range(3):
+            t = time.perf_counter()
+            self.rec.embed_arrays(dummy)
+            ms.append(1000 * (time.perf_counter() - t) / 4)
+        self.ms_per_crop = float(np.median(ms))
+        return max(1, int((self.cfg.frame_ms - other_ms) / max(self.ms_per_crop, 0.1)))
 
-    def _select(self, blobs: list[Blob], scores: np.ndarray) -> tuple[list[Box], np.ndarray]:
-        """The item boxes of each blob and their score rows; leftovers get the scores of the window
-        overlapping them most (below the threshold, so they read unknown)."""
+    def _select(self, blobs: list[Blob], plan: list[list[Scored]]) -> tuple[list[Box], np.ndarray]:
+        """The item boxes of each blob (among its scored windows, pooled ones included) and their
+        score rows; leftovers get the scores of the window overlapping them most (below the
+        threshold, so they read unknown)."""
         boxes: list[Box] = []
         rows: list[np.ndarray] = []
-        i = 0
-        self._picks = []
-        for b in blobs:
-            s = scores[i : i + len(b.windows)]
-            if self._use_aspects and b.kind == "windows" and len(s):
-                self._read_aspect(int(np.argmax(s[0])))
-            picked, rest = select_boxes(b, s, self.threshold, self.cfg.nms, self.aspects if self._use_aspects else None,
-                                        self.cfg.aspect_slack or 1.0)  # fmt: skip
-            if b.kind == "kept" and (s.max(axis=1) < self.threshold).any():
-                self._since_search = self.cfg.refresh_frames  # a kept window lost its item: search next frame
-            self._picks.append((b.box, [b.windows[j] for j in picked]))
+        picks: list[list[int]] = []
+        n = len(self.candidates)
+        for b, es in zip(blobs, plan, strict=True):
+            # the whole blob first (select_boxes' one-item rule reads it); unscored now: zeros, never picked
+            whole = next((i for i, e in enumerate(es) if iou(e.box, b.box) >= 0.9), None)
+            order = ([whole] if whole is not None else []) + [i for i in range(len(es)) if i != whole]
+            wins = [b.box] + [es[i].box for i in order[1 if whole is not None else 0 :]]
+            s = np.stack([es[i].scores for i in order]) if order else np.zeros((0, n), np.float32)
+            if whole is None:
+                s = np.concatenate([np.zeros((1, n), np.float32), s])
+            blob = Blob(b.box, wins, b.kind)
+            if self._use_aspects:
+                for c in set(np.argmax(s, axis=1).tolist()):
+                    self._read_aspect(int(c))
+            src = order if whole is not None else [-1] + order  # window index -> pool entry
+            keep = np.array([self.cfg.keep_bonus if k >= 0 and es[k].anchor else 0.0 for k in src], np.float32)
+            picked, rest = select_boxes(blob, s, self.threshold, self.cfg.nms, self.aspects if self._use_aspects else None,
+                                        self.cfg.aspect_slack, keep, self.cfg.shape_slack)  # fmt: skip
+            src = order if whole is not None else [-1] + order  # window index -> pool entry
+            picks.append([src[j] for j in picked if src[j] >= 0])
             for j in picked:
-                boxes.append(b.windows[j])
+                boxes.append(wins[j])
                 rows.append(s[j])
             for box in rest:
-                j = int(np.argmax([iou(box, w) for w in b.windows]))
+                j = int(np.argmax([iou(box, w) for w in wins]))
                 boxes.append(box)
                 rows.append(np.minimum(s[j], self.threshold - 1e-3))
-            i += len(b.windows)
-        return boxes, np.array(rows, np.float32).reshape(len(rows), len(self.candidates))
+        self.pool.commit(blobs, plan, picks)
+        return boxes, np.array(rows, np.float32).reshape(len(rows), n)
 
     def _read_aspect(self, col: int) -> None:
         if not self._aspect_known[col]:
@@ -499,7 +520,7 @@ def run_camera(
             cv2.destroyAllWindows()
     return {
         "frames": n, "dropped_frames": src.dropped, "fps": fps, "latency_ms": matcher.times.summary(),
-        "verifications": matcher.tracker.verifications,
+        "verifications": matcher.tracker.verifications, "crop_budget": matcher.pool.budget,
     }  # fmt: skip
 
 
@@ -511,8 +532,10 @@ def latency_table(stats: dict[str, Any]) -> str:
             continue
         lines.append(f"| {k} | {v['mean']:.2f} | {v['p50']:.2f} | {v['p95']:.2f} |")
     crops = stats["latency_ms"].get("crops", {}).get("mean", 0.0)
+    budget = stats.get("crop_budget")
     lines.append(
-        f"\n{stats['frames']} frames, {stats['fps']:.1f} frames/s, {crops:.1f} crops/frame, {stats['dropped_frames']} dropped"
+        f"\n{stats['frames']} frames, {stats['fps']:.1f} frames/s, {crops:.1f} crops/frame"
+        + (f" (budget {budget} a frame)" if budget else "") + f", {stats['dropped_frames']} dropped"
     )
     return "\n".join(lines)
 

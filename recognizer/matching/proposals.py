@@ -45,7 +45,7 @@ class Blob:
 
     box: Box
     windows: list[Box] = field(default_factory=list)  # windows[0] is the blob itself
-    kind: str = "windows"  # how its windows are chosen among: windows | split | whole | kept
+    kind: str = "windows"  # how its windows are chosen among: windows | split | whole
 
 
 class TableBackground:
@@ -91,16 +91,18 @@ class TableBackground:
             held[y0 : int((y + bh) * self.scale) + 1, x0 : int((x + bw) * self.scale) + 1] = True
         gain = self._gain(gray, bg_gray, held)
         expect = self.bg * gain[:, :, None]
-        e_gray = bg_gray * gain
         diff = cv2.absdiff(cur, expect)
         dist = np.maximum(np.maximum(diff[:, :, 0], diff[:, :, 1]), diff[:, :, 2])
         fg = dist > self.diff * np.maximum(gain, 0.35)
-        # shadows: darker than expected with the background's colour kept
-        ratio = gray / (e_gray + 3.0)
-        cn = cur / (gray + 3.0)[:, :, None]
-        en = expect / (e_gray + 3.0)[:, :, None]
-        chroma = _sum3(cv2.absdiff(cn, en))
-        fg &= ~((ratio > 0.4) & (ratio < 0.95) & (chroma < 0.06))
+        # shadows: darker than expected with the background's colour kept (judged only where it differs)
+        ys, xs = np.nonzero(fg)
+        if len(ys):
+            c, e = cur[ys, xs], expect[ys, xs]
+            cg, eg = c.sum(axis=1) + 3.0, e.sum(axis=1) + 3.0
+            ratio = (cg - 3.0) / eg
+            chroma = np.abs(c / cg[:, None] - e / eg[:, None]).sum(axis=1)
+            shadow = (ratio > 0.4) & (ratio < 0.95) & (chroma < 0.06)
+            fg[ys[shadow], xs[shadow]] = False
         if fresh is not None:
             fg &= ~fresh
         mask = fg.astype(np.uint8) * 255
@@ -125,12 +127,14 @@ class TableBackground:
         return float(dx), float(dy)
 
     def _gain(self, gray: np.ndarray, bg_gray: np.ndarray, held: np.ndarray, grid: tuple[int, int] = (3, 4)) -> np.ndarray:
-        """A smooth brightness gain map: medians of cur/bg over a coarse grid of background pixels."""
-        h, w = gray.shape
+        """A smooth brightness gain map: medians of cur/bg over a coarse grid of background pixels
+        (every other row and column: the medians barely move, at a quarter of the cost)."""
+        H, W = gray.shape
         ok = ~held
         if self.last_fg is not None:
             ok &= cv2.dilate(self.last_fg, np.ones((5, 5), np.uint8)) == 0
-        ratio = (gray + 12.0) / (bg_gray + 12.0)
+        ok, ratio = ok[::2, ::2], (gray[::2, ::2] + 12.0) / (bg_gray[::2, ::2] + 12.0)
+        h, w = ratio.shape
         overall = float(np.median(ratio[ok])) if ok.sum() > 50 else float(np.median(ratio))
         g = np.full(grid, overall, np.float32)
         for r in range(grid[0]):
@@ -139,7 +143,7 @@ class TableBackground:
                 m = ok[sl]
                 if m.sum() > 0.2 * m.size:
                     g[r, c] = np.median(ratio[sl][m])
-        return cv2.resize(g, (w, h), interpolation=cv2.INTER_LINEAR)
+        return cv2.resize(g, (W, H), interpolation=cv2.INTER_LINEAR)
 
 
 def _sum3(a: np.ndarray) -> np.ndarray:
@@ -221,7 +225,8 @@ def _overlap_x(a: Box, b: Box) -> float:
 
 
 def select_boxes(blob: Blob, scores: np.ndarray, accept: float, nms: float = 0.5,
-                 aspects: np.ndarray | None = None, aspect_slack: float = 1.25) -> tuple[list[int], list[Box]]:  # fmt: skip
+                 aspects: np.ndarray | None = None, aspect_slack: float | None = 1.25,
+                 keep: np.ndarray | None = None, shape_slack: float | None = None) -> tuple[list[int], list[Box]]:  # fmt: skip
     """Which of the blob's windows are items (indices into ``blob.windows``), and unknown leftovers.
 
     ``scores``: ``len(blob.windows) x I`` candidate scores. ``windows`` blobs: the row of windows
@@ -229,10 +234,14 @@ def select_boxes(blob: Blob, scores: np.ndarray, accept: float, nms: float = 0.5
     largest total of (best score - ``accept``), by dynamic programming as in weighted interval
     scheduling: three tight windows on three touching items beat one wide window on all of them
     or a window that takes in half a neighbour, and a window that matches no candidate (a hand)
-    is never worth taking. ``aspects`` (per candidate column, NaN where unknown): when the whole
-    blob passes ``accept`` and is no wider than ``aspect_slack`` x the width its best-named item
-    has at the blob's height, the blob is that one item. ``split`` blobs keep their parts only
-    when the parts' mean score beats the whole blob's.
+    is never worth taking. ``aspects`` (per candidate column, its narrowest and widest width /
+    height, NaN where unknown): when the whole blob passes ``accept`` and is no wider than
+    ``aspect_slack`` x the widest its best-named item is at the blob's height, the blob is that
+    one item; a window whose width / height is over ``shape_slack`` x its best-named item's widest
+    holds more than that item (a hand, a neighbour), under its narrowest / ``shape_slack`` is a
+    part of it, and is never picked. ``keep`` (per window) is added to the gain of a window that
+    passes ``accept``: last frame's items stay picked unless the alternative is clearly better.
+    ``split`` blobs keep their parts only when the parts' mean score beats the whole blob's.
     """
     best = scores.max(axis=1) if scores.size else np.zeros(len(blob.windows))
     arg = scores.argmax(axis=1) if scores.size else np.zeros(len(blob.windows), np.int64)
@@ -242,15 +251,23 @@ def select_boxes(blob: Blob, scores: np.ndarray, accept: float, nms: float = 0.5
         return [0], []
     if blob.kind == "whole":
         return [0], []
-    if blob.kind == "kept":  # last frame's picks, moved with the blob: each stays an item (or reads unknown)
-        return list(range(len(blob.windows))), []
     wins = blob.windows
-    if aspects is not None and scores.size and best[0] > accept:
-        a = float(aspects[arg[0]])
+    if aspects is not None:
+        lo, hi = (aspects, aspects) if aspects.ndim == 1 else (aspects[:, 0], aspects[:, 1])
+    if aspects is not None and aspect_slack and scores.size and best[0] > accept:
+        a = float(hi[arg[0]])
         if np.isfinite(a) and blob.box[2] <= aspect_slack * a * blob.box[3]:
             return [0], []  # as narrow as the item it names: one item, not parts
     order = sorted(range(len(wins)), key=lambda i: (wins[i][0] + wins[i][2], wins[i][0]))
     gain = best - accept
+    if keep is not None:  # last frame's items: picked again unless another row clearly beats them
+        gain = gain + np.where(gain > 0, keep, 0.0)
+    if aspects is not None and shape_slack and scores.size:
+        # far wider than the item it names holds more (a hand, a neighbour); far narrower is a part of it
+        r = np.array([w[2] / max(1, w[3]) for w in wins])
+        a0, a1 = lo[arg], hi[arg]
+        off = np.isfinite(a0) & ((r > shape_slack * a1) | (r < a0 / shape_slack))
+        gain = np.where(off, -np.inf, gain)
     total = {i: -np.inf for i in order}
     prev: dict[int, int | None] = {}
     for n, i in enumerate(order):
@@ -293,23 +310,6 @@ def _leftovers(blob: Blob, picked: list[Box], min_width: float = 0.45) -> list[B
     return out
 
 
-def follow(prev: list[tuple[Box, list[Box]]], blob: Blob, size_change: float = 0.08) -> list[Box] | None:
-    """Last frame's picked windows in this blob, moved as the blob moved, when the blob is the
-    same one (IoU >= 0.5) and kept its size (width and height within ``size_change``); else None."""
-    x, y, w, h = blob.box
-    for (px, py, pw, ph), picks in prev:
-        if not picks or abs(w - pw) > size_change * pw or abs(h - ph) > size_change * ph:
-            continue
-        ix = max(0, min(x + w, px + pw) - max(x, px))
-        iy = max(0, min(y + h, py + ph) - max(y, py))
-        inter = ix * iy
-        if inter / (w * h + pw * ph - inter) < 0.5:
-            continue
-        dx, dy = (x - px + (x + w) - (px + pw)) / 2, (y + h) - (py + ph)
-        return [(int(round(bx + dx)), int(round(by + dy)), bw, bh) for bx, by, bw, bh in picks]
-    return None
-
-
 def object_aspect(rgb: np.ndarray, width: int = 4, share: float = 0.85) -> float | None:
     """Width / height of the object in a photo with a plain (catalog or turntable) background; else None.
 
@@ -329,11 +329,12 @@ def object_aspect(rgb: np.ndarray, width: int = 4, share: float = 0.85) -> float
 
 
 def item_aspects(gallery, items: list[str], per_item: int = 4) -> np.ndarray:
-    """Per item, the widest object aspect (width / height) among up to ``per_item`` of its enrolled
-    photos that have a plain background; NaN when none has (shelf photos) or none can be read."""
+    """Per item, the narrowest and the widest object aspect (width / height) among up to
+    ``per_item`` of its enrolled photos that have a plain background (``len(items) x 2``); NaN
+    when none has (shelf photos) or none can be read. An item turning shows widths in between."""
     from ..data.imageio import ImageLoadError, load_image
 
-    out = np.full(len(items), np.nan, np.float32)
+    out = np.full((len(items), 2), np.nan, np.float32)
     for j, it in enumerate(items):
         seen = 0
         for r in gallery.records(it):
@@ -344,7 +345,7 @@ def item_aspects(gallery, items: list[str], per_item: int = 4) -> np.ndarray:
             except (ImageLoadError, ValueError, OSError):
                 continue
             if a is not None:
-                out[j] = a if np.isnan(out[j]) else max(out[j], a)
+                out[j] = (a, a) if np.isnan(out[j, 0]) else (min(out[j, 0], a), max(out[j, 1], a))
             seen += 1
             if seen >= per_item:
                 break

@@ -109,6 +109,8 @@ class LabelTracker:
         self._next_id = 1
         self._col = {it: j for j, it in enumerate(self.labels)}
         self.verifications = 0
+        if one_to_one:  # scipy.optimize takes ~0.7 s to import: at start, not on the first frame with items
+            import scipy.optimize  # noqa: F401
 
     def shift(self, dx: float, dy: float) -> None:
         """The camera moved by (dx, dy) px: every track's box moves with the table."""
@@ -137,6 +139,8 @@ class LabelTracker:
             if ti in used or bi not in unmatched:
                 continue
             tr = self.tracks[ti]
+            if tr.bonus is not None and iou(tr.box, boxes[bi]) < getattr(cfg, "rebox_iou", 0.0):
+                tr.bonus, tr.verified_for = None, frozenset()  # its box jumped: that verification was of another crop
             tr.box = boxes[bi]
             tr.scores = cfg.ema * scores[bi] + (1 - cfg.ema) * tr.scores
             tr.missed = 0

@@ -35,9 +35,6 @@ def table(tmp_path_factory):
     return d, g, model, truth
 
 
-@pytest.mark.xfail(strict=True, reason="issue #16 open: on this 480x270, 8 fps scene the default camera (windows, "
-                   "items' widths, square crops) reaches recall 0.73 with 22% wrong-label frames and 2 switches (measured "
-                   "2026-12-02): at ~80 px, obj45 (a cup seen side-on) and obj9 lose their names after the hand passes")
 def test_touching_items_are_named_apart_and_the_hand_is_never_named(table):
     d, g, model, truth = table
     log: list = []

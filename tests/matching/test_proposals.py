@@ -11,7 +11,6 @@ from recognizer.matching.proposals import (
     Blob,
     TableBackground,
     blobs_from_mask,
-    follow,
     select_boxes,
     split_boxes,
 )
@@ -105,8 +104,8 @@ def test_item_aspects_come_from_plain_background_photos(tmp_path):
         Image.fromarray(im).save(paths[-1])
     g = Gallery.create(tmp_path / "g", {"fingerprint": "f", "embedding_dim": 4, "preprocess": {"input_size": 64}})
     g.add(["a", "b"], np.eye(2, 4, dtype=np.float32), paths=paths)
-    a = item_aspects(g, ["a", "b"])
-    assert a[0] == pytest.approx(8.0, rel=0.1) and np.isnan(a[1])
+    a = item_aspects(g, ["a", "b"])  # narrowest and widest per item: one photo, both 8
+    assert a[0] == pytest.approx([8.0, 8.0], rel=0.1) and np.isnan(a[1]).all()
 
 
 def test_a_part_that_matches_no_candidate_is_left_over_as_unknown():
@@ -139,9 +138,25 @@ def test_mask_split_separates_two_touching_discs():
     assert select_boxes(Blob(boxes[0], boxes, "split"), np.array([[0.9], [0.7], [0.7]]), 0.5)[0] == [0]
 
 
-def test_follow_moves_last_picks_with_the_blob_and_drops_them_when_it_changes_size():
-    prev = [((100, 50, 200, 100), [(100, 50, 100, 100), (200, 50, 100, 100)])]
-    assert follow(prev, Blob((110, 52, 200, 100))) == [(110, 52, 100, 100), (210, 52, 100, 100)]
-    assert follow(prev, Blob((110, 52, 260, 100))) is None  # a hand joined it: search again
-    assert follow(prev, Blob((400, 52, 200, 100))) is None
 
+def test_a_window_far_wider_than_the_item_it_names_is_not_picked():
+    # a blob of 300 x 100: one window on the item (60 wide, its aspect 0.6), one taking in a hand too (150 wide)
+    wins = [(0, 0, 300, 100), (10, 0, 60, 100), (10, 0, 150, 100)]
+    s = np.array([[0.0, 0.0], [0.7, 0.2], [0.8, 0.2]], np.float32)
+    aspects = np.array([0.6, np.nan], np.float32)
+    assert select_boxes(Blob(wins[0], wins), s, 0.5, aspects=aspects, aspect_slack=None)[0] == [2]
+    assert select_boxes(Blob(wins[0], wins), s, 0.5, aspects=aspects, aspect_slack=None, shape_slack=1.5)[0] == [1]
+    s2 = s[:, ::-1].copy()  # named after an item of unknown width: no judgement of width
+    assert select_boxes(Blob(wins[0], wins), s2, 0.5, aspects=aspects, aspect_slack=None, shape_slack=1.5)[0] == [2]
+
+
+def test_last_frames_items_stay_picked_unless_clearly_beaten():
+    wins = [(0, 0, 200, 100), (0, 0, 100, 100), (0, 0, 140, 100)]  # the item's window, and a wider one
+    s = np.array([[0.0], [0.70], [0.75]], np.float32)
+    assert select_boxes(Blob(wins[0], wins), s, 0.5)[0] == [2]
+    keep = np.array([0.0, 0.1, 0.0], np.float32)
+    assert select_boxes(Blob(wins[0], wins), s, 0.5, keep=keep)[0] == [1]
+    s[2] = 0.9  # clearly better: the keep bonus does not hold it back
+    assert select_boxes(Blob(wins[0], wins), s, 0.5, keep=keep)[0] == [2]
+    s[1] = 0.4  # below the threshold: no bonus makes it an item
+    assert 1 not in select_boxes(Blob(wins[0], wins), s, 0.5, keep=np.array([0.0, 0.5, 0.0]))[0]

@@ -62,3 +62,18 @@ def test_verification_runs_once_per_track_not_per_frame():
         tr.verify_new(2)
     assert calls == [(1, [0, 1])]  # at birth only
     assert tr.tracks[0].label == "b"  # the embedding alone said 'a'
+
+
+def test_a_track_whose_box_jumps_is_verified_again():
+    calls = []
+
+    def verifier(track, cols):
+        calls.append(track.box)
+        return np.zeros(3, np.float32)
+
+    tr = _tracker(verifier=verifier, verify_top=2)
+    for f, box in enumerate([(0, 0, 40, 40)] * 3 + [(10, 0, 40, 40)] * 3 + [(10, 0, 100, 40)] * 3):
+        tr.update(f, 0.0, [box], np.array([[0.8, 0.75, 0.1]]))
+        tr.verify_new(2)
+    # at birth; not for a slide of a quarter of its width (IoU 0.6); again when the box jumps (IoU 0.4)
+    assert calls == [(0, 0, 40, 40), (10, 0, 100, 40)]

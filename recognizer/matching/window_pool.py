@@ -1,0 +1,147 @@
+"""Scored windows kept across frames, so a frame embeds a few crops instead of every window.
+
+Separating touching items needs the scores of every window of a blob (10-20 crops), which is
+far over a frame's budget on a CPU (about 4 ms a crop with ONNX Runtime, 12 with torch). Items
+on a table move slowly, so a window's scores stay good for a few frames when the window moves
+with its blob. :class:`WindowPool` keeps every window scored in the last ``max_age`` frames,
+moved with its blob (and with the camera). Each frame:
+
+* the windows picked last frame (the items: *anchors*) are embedded again, fresh;
+* a few more windows of each blob are *explored*, those covering parts of the blob that no
+  anchor covers first (a hand, an item just put down), then the least recently scored, so
+  every window is scored again within about ``max_age`` frames;
+* a blob seen for the first time has every window scored at once (a birth search): without
+  it the first frames would name a blob of three touching items after one of them.
+
+:func:`~.proposals.select_boxes` then picks the items among the blob's pooled windows as it
+would among freshly scored ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .proposals import Blob
+from .tracking import Box, iou
+
+
+@dataclass
+class Scored:
+    box: Box
+    scores: np.ndarray | None  # over the candidates; None until embedded this frame
+    age: int = 0  # frames since it was scored
+    anchor: bool = False  # picked as an item last frame: scored again every frame
+
+
+def _inside(a: Box, b: Box) -> float:
+    """Share of box ``a``'s area inside box ``b``."""
+    iw = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    ih = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    return iw * ih / max(1, a[2] * a[3])
+
+
+def _clip(a: Box, b: Box) -> Box:
+    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
+    x1, y1 = min(a[0] + a[2], b[0] + b[2]), min(a[1] + a[3], b[1] + b[3])
+    return (x0, y0, max(1, x1 - x0), max(1, y1 - y0))
+
+
+def _edge_shift(lo0: int, hi0: int, lo1: int, hi1: int) -> float:
+    """How far a blob moved along one axis: both edges moved alike (the items slid), or the
+    edge that moved less did (the other is a hand, or an item put down or taken away)."""
+    a, b = lo1 - lo0, hi1 - hi0
+    if abs(a - b) <= 0.08 * max(1, hi0 - lo0):
+        return (a + b) / 2
+    return a if abs(a) < abs(b) else b
+
+
+def blob_shift(prev: Box, cur: Box) -> tuple[float, float]:
+    px, py, pw, ph = prev
+    x, y, w, h = cur
+    return _edge_shift(px, px + pw, x, x + w), _edge_shift(py, py + ph, y, y + h)
+
+
+class WindowPool:
+    """Every window scored in the last ``max_age`` frames, per blob, moved as its blob moves."""
+
+    def __init__(self, max_age: int = 5, budget: int | None = 6, match: float = 0.7, steady: float = 0.15, explore: int = 2):
+        self.max_age, self.budget, self.match, self.steady = max_age, budget, match, steady  # budget: crops a frame
+        self.min_explore = explore  # windows explored per frame at least, whatever the budget
+        self.blobs: list[Box] = []  # last frame's blob boxes
+        self.entries: list[list[Scored]] = []  # per blob of last frame
+
+    def shift(self, dx: float, dy: float) -> None:
+        """The camera moved: every pooled window (and blob) moves with the table."""
+        mv = lambda b: (int(round(b[0] + dx)), int(round(b[1] + dy)), b[2], b[3])  # noqa: E731
+        self.blobs = [mv(b) for b in self.blobs]
+        for es in self.entries:
+            for e in es:
+                e.box = mv(e.box)
+
+    def plan(self, blobs: Sequence[Blob], budget: int | None = -1) -> list[list[Scored]]:
+        """Per blob, its pooled windows (moved to this frame) and the ones to embed now
+        (``scores is None``); ``blob.windows`` are the fresh windows a full search would score.
+        ``budget``: crops to embed this frame, about (default: the pool's; None: no limit); last
+        frame's items and new blobs' windows always, and at least ``explore`` more windows."""
+        budget = self.budget if budget == -1 else budget
+        carried: list[list[Scored]] = [[] for _ in blobs]
+        for pb, es in zip(self.blobs, self.entries, strict=True):
+            j = max(range(len(blobs)), key=lambda k: iou(pb, blobs[k].box), default=None)
+            if j is None or iou(pb, blobs[j].box) < 0.3:
+                continue  # the blob left (or changed beyond recognition): its windows go with it
+            cur = blobs[j].box
+            dx, dy = blob_shift(pb, cur)
+            # a blob that grew or shrank (a hand came or went, an item was put down or taken away):
+            # last frame's picks are pooled windows like the others, not items to keep
+            steady = abs(cur[2] - pb[2]) <= self.steady * pb[2] and abs(cur[3] - pb[3]) <= self.steady * pb[3]
+            for e in es:
+                if e.age + 1 >= self.max_age and not e.anchor:
+                    continue
+                if e.anchor and iou(e.box, pb) >= 0.8:
+                    box = cur  # a pick that was the whole blob stays the whole blob
+                else:
+                    box = (int(round(e.box[0] + dx)), int(round(e.box[1] + dy)), e.box[2], e.box[3])
+                for k, b in enumerate(blobs):  # the blob it now lies in (a blob may have split)
+                    if _inside(box, b.box) >= 0.6:
+                        carried[k].append(Scored(_clip(box, b.box), e.scores, e.age + 1, e.anchor and steady))
+                        break
+        explore: list[tuple[int, int, int, int, Box]] = []
+        for k, b in enumerate(blobs):
+            es = carried[k]
+            for e in es:
+                if e.anchor:
+                    e.scores = None  # an item: scored afresh every frame
+            if not es:  # seen for the first time (or nothing of it is left): every window now
+                es[:] = [Scored(w, None) for w in b.windows]
+                continue
+            covered = np.zeros(b.box[2], bool)
+            for e in es:
+                if e.anchor:
+                    covered[max(0, e.box[0] - b.box[0]) : max(0, e.box[0] - b.box[0] + e.box[2])] = True
+            for n, w in enumerate(b.windows):
+                fresh = [e for e in es if iou(e.box, w) >= self.match]
+                if fresh and all(e.scores is None for e in fresh):
+                    continue  # an anchor embedded now covers it
+                age = min((e.age for e in fresh), default=self.max_age)
+                x0 = max(0, w[0] - b.box[0])
+                uncovered = 1.0 - float(covered[x0 : x0 + w[2]].mean()) if w[2] > 0 else 0.0
+                # parts no item covers first (a hand, an item put down), then the stalest
+                new_part = uncovered > 0.3
+                if not fresh or new_part or age >= self.max_age - 1:
+                    explore.append((-int(new_part), -age, n, k, w))
+        need = sum(e.scores is None for es in carried for e in es)
+        room = len(explore) if budget is None else max(self.min_explore, budget - need)
+        for *_, k, w in sorted(explore)[:room]:
+            carried[k] = [e for e in carried[k] if iou(e.box, w) < self.match or e.anchor] + [Scored(w, None)]
+        return carried
+
+    def commit(self, blobs: Sequence[Blob], carried: list[list[Scored]], picked: list[list[int]]) -> None:
+        """Remember this frame's windows (scored by now) and which of them were picked as items."""
+        self.blobs = [b.box for b in blobs]
+        self.entries = []
+        for es, pk in zip(carried, picked, strict=True):
+            keep = set(pk)
+            self.entries.append([Scored(e.box, e.scores, e.age, i in keep) for i, e in enumerate(es) if e.scores is not None])

@@ -1,0 +1,75 @@
+"""The window pool: a frame embeds last frame's items and a few more windows, not every window."""
+
+import numpy as np
+
+from recognizer.matching.proposals import Blob
+from recognizer.matching.window_pool import WindowPool, blob_shift
+
+
+def _wins(x: int, y: int = 50, n: int = 8, w: int = 60) -> list:
+    """A blob of 300 x 100 at (x, y): the whole blob, then ``n`` windows along it."""
+    return [(x, y, 300, 100)] + [(x + 30 * k, y, w, 100) for k in range(n)]
+
+
+def _frame(pool: WindowPool, blobs: list[Blob], pick: list[list[int]] | None = None):
+    """One frame: plan, 'embed' (scores = 1), commit the picks (indices into each blob's plan)."""
+    plan = pool.plan(blobs)
+    todo = [e for es in plan for e in es if e.scores is None]
+    for e in todo:
+        e.scores = np.ones(2, np.float32)
+    pool.commit(blobs, plan, pick if pick is not None else [[] for _ in blobs])
+    return plan, todo
+
+
+def test_a_new_blob_has_every_window_scored_at_once():
+    pool = WindowPool(max_age=5, budget=3)
+    plan, todo = _frame(pool, [Blob((100, 50, 300, 100), _wins(100))])
+    assert len(todo) == 9 and [e.box for e in plan[0]] == _wins(100)
+
+
+def test_a_moving_blob_reembeds_its_items_and_a_few_more_windows_moved_with_it():
+    pool = WindowPool(max_age=5, budget=4)
+    plan, _ = _frame(pool, [Blob((100, 50, 300, 100), _wins(100))])
+    picks = [i for i, e in enumerate(plan[0]) if e.box in [(100, 50, 60, 100), (220, 50, 60, 100)]]
+    pool.commit([Blob((100, 50, 300, 100))], plan, [picks])
+    plan, todo = _frame(pool, [Blob((110, 50, 300, 100), _wins(110))])  # slid 10 px right
+    assert {(110, 50, 60, 100), (230, 50, 60, 100)} <= {e.box for e in todo}  # the items, afresh, where they moved
+    assert len(todo) == 4  # and two windows over parts no item covers: the budget
+    carried = [e for e in plan[0] if e not in todo]
+    assert len(carried) >= 5 and all(e.age == 1 and e.scores is not None for e in carried)  # moved, scores kept
+    assert (170, 50, 60, 100) in {e.box for e in carried}  # was (160, 50, 60, 100)
+
+
+def test_every_window_is_scored_again_within_max_age_frames():
+    pool = WindowPool(max_age=4, budget=3)
+    plan, _ = _frame(pool, [Blob((100, 50, 300, 100), _wins(100))])
+    last = {e.box: 0 for e in plan[0]}
+    for f in range(1, 13):
+        plan, todo = _frame(pool, [Blob((100, 50, 300, 100), _wins(100))])
+        assert len(todo) <= 3
+        for e in todo:
+            last[e.box] = f
+        assert all(e.age < 4 for e in plan[0])  # nothing older than max_age is used
+    assert all(f - v <= 4 for v in last.values() for f in [12])
+
+
+def test_a_blob_that_grew_on_one_side_keeps_its_windows_in_place_and_explores_the_new_part():
+    assert blob_shift((100, 50, 300, 100), (100, 50, 400, 100)) == (0, 0)  # a hand joined on the right
+    assert blob_shift((100, 50, 300, 100), (110, 52, 300, 100)) == (10, 2)
+    pool = WindowPool(max_age=5, budget=4)
+    plan, _ = _frame(pool, [Blob((100, 50, 300, 100), _wins(100))])
+    pool.commit([Blob((100, 50, 300, 100))], plan, [[1]])  # (100, 50, 60, 100) is an item
+    grown = _wins(100) + [(340, 50, 60, 100), (370, 50, 60, 100)]
+    plan, todo = _frame(pool, [Blob((100, 50, 400, 100), grown)])
+    assert (100, 50, 60, 100) in {e.box for e in plan[0]}  # did not move
+    assert not any(e.anchor for e in plan[0])  # a grown blob: last frame's items are windows like the others
+    assert {(340, 50, 60, 100), (370, 50, 60, 100)} <= {e.box for e in todo}  # the part no item covered: first
+
+
+def test_the_camera_moving_moves_the_pool():
+    pool = WindowPool(max_age=5, budget=2)
+    _frame(pool, [Blob((100, 50, 300, 100), _wins(100))])
+    pool.shift(-20, 0)
+    plan, todo = _frame(pool, [Blob((80, 50, 300, 100), _wins(80))])
+    assert len(todo) == 2  # no new search of the blob: its windows moved with the camera, two re-scored
+    assert {e.box for e in plan[0]} == set(_wins(80))
