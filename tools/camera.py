@@ -32,10 +32,10 @@ from recognizer.cli import (
     backend_kwargs,
     options_from_args,
 )
+from recognizer.deploy.camera_backend import load_camera_embedder
 from recognizer.gallery import Gallery, GalleryError
 from recognizer.matching.camera import BACKGROUNDS, PROPOSALS, VERIFY, CameraConfig, latency_table, run_camera
 from recognizer.models.model import ModelLoadError
-from recognizer.session import load_camera_embedder
 
 
 def _ints(text: str, n: int, sep: str, what: str) -> tuple[int, ...]:

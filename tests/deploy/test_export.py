@@ -323,26 +323,26 @@ def test_camera_runs_on_the_onnx_backend_with_the_same_labels(tmp_path, exported
 
 
 def test_camera_picks_onnx_runtime_by_itself_exports_once_and_falls_back_to_torch(torch_gallery, monkeypatch, tmp_path):
-    from recognizer import session
+    from recognizer.deploy import camera_backend as cb
 
     g, _ = torch_gallery
     monkeypatch.setenv("RECOGNIZER_CACHE", str(tmp_path / "cache"))
     said: list[str] = []
-    emb = session.load_camera_embedder(g, log=said.append)
+    emb = cb.load_camera_embedder(g, log=said.append)
     assert isinstance(emb, OnnxEmbedder) and emb.fingerprint == g.fingerprint  # verified equivalent: same fingerprint
     assert "exporting" in said[0] and "ONNX Runtime backend" in said[-1]
-    made = sorted(session.export_cache_dir().rglob("model.onnx"))
+    made = sorted(cb.export_cache_dir().rglob("model.onnx"))
     assert len(made) == 1
     said.clear()
-    assert isinstance(session.load_camera_embedder(g, log=said.append), OnnxEmbedder)
+    assert isinstance(cb.load_camera_embedder(g, log=said.append), OnnxEmbedder)
     assert not any("exporting" in s for s in said)  # the cached export, not a second one
-    assert not isinstance(session.load_camera_embedder(g, backend="torch"), OnnxEmbedder)
+    assert not isinstance(cb.load_camera_embedder(g, backend="torch"), OnnxEmbedder)
 
     def broken(*a, **k):
         raise RuntimeError("no exporter here")
 
     monkeypatch.setenv("RECOGNIZER_CACHE", str(tmp_path / "cache2"))
-    monkeypatch.setattr("recognizer.deploy.export.export_model", broken)
+    monkeypatch.setattr("recognizer.deploy.camera_backend.export_model", broken)
     said.clear()
-    emb = session.load_camera_embedder(g, log=said.append)
+    emb = cb.load_camera_embedder(g, log=said.append)
     assert not isinstance(emb, OnnxEmbedder) and "torch backend" in said[-1] and "no exporter here" in said[-1]
