@@ -7,9 +7,10 @@ blob of touching items is separated by candidate-guided windows or by splitting 
 :mod:`.proposals`; a window's scores are kept a few frames, :mod:`.window_pool`, so a frame
 embeds last frame's items and only as many more windows as fit in ``frame_ms``) -> the
 frame's crops embedded as one batch -> scores against the candidate items only (never a scan
-of the gallery) -> windows picked by score (NMS; what matches no candidate stays ``unknown``) -> tracks (:mod:`.tracking`: IoU association, EMA,
-one-to-one Hungarian assignment, hysteresis, coasting through short occlusions, geometric
-verification once per track) -> JSONL events (appear, change, leave), an optional per-frame
+of the gallery) -> windows picked by score (NMS; what matches no candidate stays ``unknown``)
+-> tracks (:mod:`.tracking`: IoU association, EMA, one-to-one Hungarian assignment,
+hysteresis, coasting through short occlusions, geometric verification once per track and
+again when its box jumps) -> JSONL events (appear, change, leave), an optional per-frame
 state stream, and an annotated frame with per-stage latencies.
 """
 
@@ -261,8 +262,9 @@ class CameraMatcher:
             verifier=self._verify_track if self.verify_cfg else None,
         )  # fmt: skip
         self.proposer = Proposer(self.cfg)
-        # how wide each candidate's item is (plain-background photos), so a lone item's blob stays whole;
-        # read when an item is first named by a whole blob (a 10,000-item gallery reads only those)
+        # how narrow and wide each candidate's item looks (plain-background photos): a lone item's blob stays
+        # whole, a window of the wrong shape is not that item; a table's candidates are read at start, a
+        # 10,000-item gallery without a candidate list reads an item when a window is first named after it
         self._use_aspects = self.cfg.proposals == "windows" and bool(self.cfg.aspect_slack or self.cfg.shape_slack)
         self.aspects = np.full((len(self.candidates), 2), np.nan, np.float32)
         self._aspect_known = np.zeros(len(self.candidates), bool)
@@ -376,7 +378,6 @@ class CameraMatcher:
             keep = np.array([self.cfg.keep_bonus if k >= 0 and es[k].anchor else 0.0 for k in src], np.float32)
             picked, rest = select_boxes(blob, s, self.threshold, self.cfg.nms, self.aspects if self._use_aspects else None,
                                         self.cfg.aspect_slack, keep, self.cfg.shape_slack)  # fmt: skip
-            src = order if whole is not None else [-1] + order  # window index -> pool entry
             picks.append([src[j] for j in picked if src[j] >= 0])
             for j in picked:
                 boxes.append(wins[j])
