@@ -65,6 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         "--min-score", type=float, default=CameraConfig.min_score,
         help=f"a name needs at least this cosine, whatever the gallery's threshold (default {CameraConfig.min_score})",
     )  # fmt: skip
+    ap.add_argument(
+        "--frame-ms", type=float, default=CameraConfig.frame_ms,
+        help=f"windows: a frame's time the crops are budgeted to, at the embedder's speed measured at start (default "
+        f"{CameraConfig.frame_ms:g}; 0: no budget, every stale window re-scored at once: more accurate when items come, "
+        "go or are covered, 2-3x slower frames then)",
+    )  # fmt: skip
     ap.add_argument("--headless", action="store_true", help="no window, even where a display exists")
     ap.add_argument("--out", help="write the annotated video here (mp4)")
     ap.add_argument("--jsonl", help="write appear/change/leave events here")
@@ -103,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             min_score=args.min_score,
             background=args.background,
             verify=args.verify,
+            frame_ms=args.frame_ms or None,
             query=query,
             rerank=rerank,
         )

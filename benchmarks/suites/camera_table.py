@@ -66,7 +66,7 @@ def camera_configs() -> dict[str, Any]:
     the same tracker: ``foreground`` (a blob is one item), ``split`` (the mask split by watershed).
     """
     return {"default": {}, "shape_1.5": {"shape_slack": 1.5}, "shape_2.0": {"shape_slack": 2.0},
-            "no_shape": {"shape_slack": None}, "no_keep": {"keep_bonus": 0.0}, "frame_ms_40": {"frame_ms": 40.0}, "no_budget": {"frame_ms": None},
+            "no_shape": {"shape_slack": None}, "no_keep": {"keep_bonus": 0.0}, "frame_ms_40": {"frame_ms": 40.0}, "search_on_change": {"search_on_change": True}, "no_budget": {"frame_ms": None},
             "windows_unpadded": {"square": False}, "foreground": {"proposals": "foreground"},
             "split": {"proposals": "split"}}  # fmt: skip
 
@@ -113,6 +113,7 @@ def run(
     evidence: str | None = None,
     threads: int | None = None,
     backend: str = "torch",
+    seeds: int = 1,
 ) -> dict[str, Any]:
     """Every scene at the default configuration, the other proposal methods on ``compare_scenes``.
 
@@ -121,6 +122,9 @@ def run(
     threads for the run (on a busy 2-core machine 1 thread can be several times faster than 2);
     ``backend="onnx"``: the crops are embedded by a fp32 ONNX export of the gallery's model, made
     and verified in the run (``tools/export.py``'s code), as ``tools/camera.py --backend onnx`` does.
+    ``seeds``: each scene also rendered with ``seeds - 1`` other seeds (other turntable angles,
+    jitter, hand path; same items and events): a scene of 100-160 frames swings by several points
+    with which frame a window is searched on, so ``summary`` gives the mean (and worst) over seeds.
     """
     import torch
 
@@ -128,7 +132,10 @@ def run(
 
     if not (SHARED_DATA / "coil").is_dir() or not (SHARED_DATA / "grocery").is_dir():
         return {"skipped": f"{SHARED_DATA} coil/grocery not found (real data)"}
-    specs = [s for s in table_scenes(fps) if scenes is None or s.name in scenes]
+    from dataclasses import replace
+
+    base = [s for s in table_scenes(fps) if scenes is None or s.name in scenes]
+    specs = [(s, k, s if k == 0 else replace(s, name=f"{s.name}~{k}", seed=s.seed + 1000 * k)) for s in base for k in range(seeds)]
     all_cfgs = camera_configs()
     names = configs or tuple(all_cfgs)
     tmp = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="bench_camera_"))
@@ -154,25 +161,45 @@ def run(
         from recognizer.models.embed import embed_arrays
 
         embed_arrays(net, [np.full((160, 160, 3), 128, np.uint8)] * 8)  # warm up: the first scene's frame times are not start-up
-        for spec in specs:
+        for scene, seed, spec in specs:
             for name in names:
-                if name != "default" and spec.name not in compare_scenes:
+                if name != "default" and scene.name not in compare_scenes:
                     continue
                 ev = {}
                 if evidence and name == "default" and spec.name == "table":
                     Path(evidence).mkdir(parents=True, exist_ok=True)
                     ev = {"out_video": Path(evidence) / "table_annotated.mp4", "frames_jsonl": Path(evidence) / "table_frames.jsonl"}
                 row, stats, m = run_scene(g, net, spec, all_cfgs[name], tmp, **ev)
-                out["rows"].append({"config": name, **row, "verifications": stats.get("verifications", 0)})
+                row["scene"] = scene.name
+                out["rows"].append({"config": name, **row, "seed": seed, "verifications": stats.get("verifications", 0)})
                 out.setdefault("per_item", []).extend(
                     {"config": name, "scene": spec.name, "item": k, **v} for k, v in m["per_item"].items()
                 )
-                if spec.name == "table" or len(specs) == 1:
+                if seed == 0 and (spec.name == "table" or len(base) == 1):
                     for k, v in stats["latency_ms"].items():
                         out["stages"].append({"config": name, "scene": spec.name, "stage": k,
                                               "p50": round(v["p50"], 2), "p95": round(v["p95"], 2)})  # fmt: skip
+        if seeds > 1:
+            out["summary"] = summarize(out["rows"])
     finally:
         torch.set_num_threads(threads_before)
         if not keep:
             shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per configuration and scene, over its seeds: mean and worst recall and wrong-label frames,
+    worst and mean label switches, mean frame-time p50/p95."""
+    import numpy as np
+
+    out = []
+    for key in dict.fromkeys((r["config"], r["scene"]) for r in rows):
+        rs = [r for r in rows if (r["config"], r["scene"]) == key]
+        col = lambda k, rs=rs: np.array([r[k] for r in rs], float)  # noqa: E731
+        out.append({"config": key[0], "scene": key[1], "seeds": len(rs),
+                    "recall_mean": round(col("recall").mean(), 3), "recall_min": round(col("recall").min(), 3),
+                    "wrong_mean": round(col("wrong_label_frames").mean(), 3), "wrong_max": round(col("wrong_label_frames").max(), 3),
+                    "switches_max": int(col("switches_max").max()), "switches_max_mean": round(col("switches_max").mean(), 2),
+                    "frame_ms_p50": round(col("frame_ms_p50").mean(), 1), "frame_ms_p95": round(col("frame_ms_p95").mean(), 1)})  # fmt: skip
     return out

@@ -95,6 +95,7 @@ class CameraConfig:
     refresh_frames: int = 5  # windows: a window's scores are reused (moved with its blob) for at most this many frames
     shape_slack: float | None = 1.75  # windows: a window this much wider (narrower) than the item it names is never that item (1.5 and 2.0: worse, see #16)
     keep_bonus: float = 0.1  # windows: last frame's items count this much more when a blob's items are picked
+    search_on_change: bool = False  # windows: a blob that grew or shrank has its stale windows re-scored at once, over frame_ms
     frame_ms: float | None = 30.0  # windows: aim each frame at this: windows embedded beyond last frame's items, from the measured ms per crop (None: all stale ones)
     mask_fill: int | None = 128  # table background: paint the empty table in each crop this grey (None: keep it)
     square: bool = True  # pad each crop to a square (grey) so a narrow window is not stretched (off: touching COIL recall 0.79 vs 0.94)
@@ -104,6 +105,8 @@ class CameraConfig:
             raise ValueError(f"proposals {self.proposals!r} is not one of {', '.join(PROPOSALS)}")
         if self.proposals == "roi" and self.roi is None:
             raise ValueError("proposals='roi' needs roi=(x, y, w, h)")
+        if self.frame_ms is not None and not self.frame_ms > 0:
+            raise ValueError(f"frame_ms must be > 0 (or None: no budget), got {self.frame_ms}")
         if not 0 < self.ema <= 1:
             raise ValueError(f"ema must be in (0, 1], got {self.ema}")
         if self.background not in BACKGROUNDS:
@@ -273,7 +276,8 @@ class CameraMatcher:
             self._aspect_known[:] = True
         self.times = StageTimes()
         self._rgb: np.ndarray | None = None
-        self.pool = WindowPool(self.cfg.refresh_frames, self._crop_budget() if self.cfg.proposals == "windows" else None)
+        self.pool = WindowPool(self.cfg.refresh_frames, self._crop_budget() if self.cfg.proposals == "windows" else None,
+                               burst=self.cfg.search_on_change)  # fmt: skip
 
     def _verify_config(self) -> RerankConfig | None:
         method = self.cfg.verify

@@ -67,9 +67,11 @@ def blob_shift(prev: Box, cur: Box) -> tuple[float, float]:
 class WindowPool:
     """Every window scored in the last ``max_age`` frames, per blob, moved as its blob moves."""
 
-    def __init__(self, max_age: int = 5, budget: int | None = 6, match: float = 0.7, steady: float = 0.15, explore: int = 2):
+    def __init__(self, max_age: int = 5, budget: int | None = 6, match: float = 0.7, steady: float = 0.15, explore: int = 2,
+                 burst: bool = False):  # fmt: skip
         self.max_age, self.budget, self.match, self.steady = max_age, budget, match, steady  # budget: crops a frame
         self.min_explore = explore  # windows explored per frame at least, whatever the budget
+        self.burst = burst  # a blob that grew or shrank has every stale window re-scored at once, over the budget
         self.blobs: list[Box] = []  # last frame's blob boxes
         self.entries: list[list[Scored]] = []  # per blob of last frame
 
@@ -88,6 +90,7 @@ class WindowPool:
         frame's items and new blobs' windows always, and at least ``explore`` more windows."""
         budget = self.budget if budget == -1 else budget
         carried: list[list[Scored]] = [[] for _ in blobs]
+        changed: set[int] = set()
         for pb, es in zip(self.blobs, self.entries, strict=True):
             j = max(range(len(blobs)), key=lambda k: iou(pb, blobs[k].box), default=None)
             if j is None or iou(pb, blobs[j].box) < 0.3:
@@ -97,6 +100,8 @@ class WindowPool:
             # a blob that grew or shrank (a hand came or went, an item was put down or taken away):
             # last frame's picks are pooled windows like the others, not items to keep
             steady = abs(cur[2] - pb[2]) <= self.steady * pb[2] and abs(cur[3] - pb[3]) <= self.steady * pb[3]
+            if not steady:
+                changed.add(j)
             for e in es:
                 if e.age + 1 >= self.max_age and not e.anchor:
                     continue
@@ -132,9 +137,14 @@ class WindowPool:
                 new_part = uncovered > 0.3
                 if not fresh or new_part or age >= self.max_age - 1:
                     explore.append((-int(new_part), -age, n, k, w))
-        need = sum(e.scores is None for es in carried for e in es)
+        if self.burst:
+            now = [x for x in explore if x[3] in changed]
+            explore = [x for x in explore if x[3] not in changed]
+        else:
+            now = []
+        need = sum(e.scores is None for es in carried for e in es) + len(now)
         room = len(explore) if budget is None else max(self.min_explore, budget - need)
-        for *_, k, w in sorted(explore)[:room]:
+        for *_, k, w in now + sorted(explore)[:room]:
             carried[k] = [e for e in carried[k] if iou(e.box, w) < self.match or e.anchor] + [Scored(w, None)]
         return carried
 

@@ -87,3 +87,14 @@ def test_enrol_views_suite_on_real_photos():
     assert set(rows) == {"whole", "whole+crop:0.6"} and rows["whole"]["queries"] == 20
     assert rows["whole+crop:0.6"]["vectors"] == 2 * rows["whole"]["vectors"] == 38
     assert all(0.0 <= r["top1"] <= r["top1_within_candidates"] <= 1.0 for r in rows.values())
+
+
+def test_camera_table_summary_is_the_mean_and_worst_over_seeds():
+    from benchmarks.suites.camera_table import summarize
+
+    row = {"config": "default", "scene": "hand", "frame_ms_p50": 20.0, "frame_ms_p95": 30.0}
+    rows = [dict(row, recall=0.9, wrong_label_frames=0.0, switches_max=0, seed=0),
+            dict(row, recall=1.0, wrong_label_frames=0.04, switches_max=3, seed=1)]  # fmt: skip
+    (s,) = summarize(rows)
+    assert s["seeds"] == 2 and s["recall_mean"] == 0.95 and s["recall_min"] == 0.9
+    assert s["wrong_mean"] == 0.02 and s["wrong_max"] == 0.04 and s["switches_max"] == 3 and s["switches_max_mean"] == 1.5

@@ -73,3 +73,15 @@ def test_the_camera_moving_moves_the_pool():
     plan, todo = _frame(pool, [Blob((80, 50, 300, 100), _wins(80))])
     assert len(todo) == 2  # no new search of the blob: its windows moved with the camera, two re-scored
     assert {e.box for e in plan[0]} == set(_wins(80))
+
+
+def test_with_burst_a_blob_that_changed_size_has_its_stale_windows_scored_at_once():
+    grown = _wins(100) + [(340, 50, 60, 100), (370, 50, 60, 100)]
+    for burst, most in ((False, 3), (True, None)):
+        pool = WindowPool(max_age=5, budget=3, burst=burst)
+        _frame(pool, [Blob((100, 50, 300, 100), _wins(100))])
+        plan, todo = _frame(pool, [Blob((100, 50, 400, 100), grown)])  # a hand joined: 100 px wider
+        if most:
+            assert len(todo) == most
+        else:  # every window over the part no item covers, whatever the budget
+            assert len(todo) > 3 and {(340, 50, 60, 100), (370, 50, 60, 100)} <= {e.box for e in todo}
