@@ -178,4 +178,3 @@ def load_gallery_model(gallery: Gallery, model_spec: str | None = None) -> Embed
     model = load_model(spec)
     gallery.check_model(model.fingerprint, f"model {spec!r}")
     return model
-

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..gallery import Gallery, GalleryError, GalleryModelMismatchError
+from ..gallery import Gallery, GalleryError
 from ..models.onnx import sidecar_path
 from ..session import load_gallery_embedder, load_gallery_model, open_gallery_export
 from .export import export_model
@@ -47,7 +47,7 @@ def load_camera_embedder(gallery: Gallery, model_spec: str | None = None, *, bac
             log(f"camera: exporting the gallery's model to ONNX once, verified against torch ({folder})")
             export_model(load_gallery_model(gallery), folder, model_spec=gallery.model_spec)
         emb = open_gallery_export(gallery, path, threads=threads)
-    except (GalleryModelMismatchError, GalleryError):
+    except GalleryError:  # the gallery refused the export (or is broken): not a reason to hide it behind torch
         raise
     except Exception as e:  # noqa: BLE001 - any failure to export or load falls back to the reference backend
         log(f"camera: torch backend (the ONNX export could not be made or loaded: {e})")

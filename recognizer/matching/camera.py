@@ -96,6 +96,7 @@ class CameraConfig:
     shape_slack: float | None = 1.75  # windows: a window this much wider (narrower) than the item it names is never that item (1.5 and 2.0: worse, see #16)
     keep_bonus: float = 0.1  # windows: last frame's items count this much more when a blob's items are picked
     search_on_change: bool = False  # windows: a blob that grew or shrank has its stale windows re-scored at once, over frame_ms
+    crop_budget: int | None = None  # windows: crops a frame, fixed (None: from frame_ms and the embedder's speed at start)
     frame_ms: float | None = 30.0  # windows: aim each frame at this: windows embedded beyond last frame's items, from the measured ms per crop (None: all stale ones)
     mask_fill: int | None = 128  # table background: paint the empty table in each crop this grey (None: keep it)
     square: bool = True  # pad each crop to a square (grey) so a narrow window is not stretched (off: touching COIL recall 0.79 vs 0.94)
@@ -105,6 +106,8 @@ class CameraConfig:
             raise ValueError(f"proposals {self.proposals!r} is not one of {', '.join(PROPOSALS)}")
         if self.proposals == "roi" and self.roi is None:
             raise ValueError("proposals='roi' needs roi=(x, y, w, h)")
+        if self.crop_budget is not None and self.crop_budget < 1:
+            raise ValueError(f"crop_budget must be >= 1 (or None: from frame_ms), got {self.crop_budget}")
         if self.frame_ms is not None and not self.frame_ms > 0:
             raise ValueError(f"frame_ms must be > 0 (or None: no budget), got {self.frame_ms}")
         if not 0 < self.ema <= 1:
@@ -276,7 +279,8 @@ class CameraMatcher:
             self._aspect_known[:] = True
         self.times = StageTimes()
         self._rgb: np.ndarray | None = None
-        self.pool = WindowPool(self.cfg.refresh_frames, self._crop_budget() if self.cfg.proposals == "windows" else None,
+        budget = self.cfg.crop_budget or (self._crop_budget() if self.cfg.proposals == "windows" else None)
+        self.pool = WindowPool(self.cfg.refresh_frames, budget,
                                burst=self.cfg.search_on_change)  # fmt: skip
 
     def _verify_config(self) -> RerankConfig | None:
@@ -355,8 +359,7 @@ class CameraMatcher:
             t = time.perf_counter()
             self.rec.embed_arrays(dummy)
             ms.append(1000 * (time.perf_counter() - t) / 4)
-        self.ms_per_crop = float(np.median(ms))
-        return max(1, int((self.cfg.frame_ms - other_ms) / max(self.ms_per_crop, 0.1)))
+        return max(1, int((self.cfg.frame_ms - other_ms) / max(float(np.median(ms)), 0.1)))
 
     def _select(self, blobs: list[Blob], plan: list[list[Scored]]) -> tuple[list[Box], np.ndarray]:
         """The item boxes of each blob (among its scored windows, pooled ones included) and their
@@ -390,7 +393,8 @@ class CameraMatcher:
                 j = int(np.argmax([iou(box, w) for w in wins]))
                 boxes.append(box)
                 rows.append(np.minimum(s[j], self.threshold - 1e-3))
-        self.pool.commit(blobs, plan, picks)
+        if self.cfg.proposals == "windows":
+            self.pool.commit(blobs, plan, picks)
         return boxes, np.array(rows, np.float32).reshape(len(rows), n)
 
     def _read_aspect(self, col: int) -> None:

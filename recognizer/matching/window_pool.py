@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .proposals import Blob
-from .tracking import Box, iou
+from .tracking import Box, intersection, iou
 
 
 @dataclass
@@ -38,9 +38,7 @@ class Scored:
 
 def _inside(a: Box, b: Box) -> float:
     """Share of box ``a``'s area inside box ``b``."""
-    iw = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    ih = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    return iw * ih / max(1, a[2] * a[3])
+    return intersection(a, b) / max(1, a[2] * a[3])
 
 
 def _clip(a: Box, b: Box) -> Box:
@@ -83,12 +81,12 @@ class WindowPool:
             for e in es:
                 e.box = mv(e.box)
 
-    def plan(self, blobs: Sequence[Blob], budget: int | None = -1) -> list[list[Scored]]:
+    def plan(self, blobs: Sequence[Blob]) -> list[list[Scored]]:
         """Per blob, its pooled windows (moved to this frame) and the ones to embed now
         (``scores is None``); ``blob.windows`` are the fresh windows a full search would score.
-        ``budget``: crops to embed this frame, about (default: the pool's; None: no limit); last
-        frame's items and new blobs' windows always, and at least ``explore`` more windows."""
-        budget = self.budget if budget == -1 else budget
+        About ``budget`` crops (None: no limit): last frame's items and new blobs' windows always,
+        and at least ``explore`` more windows."""
+        budget = self.budget
         carried: list[list[Scored]] = [[] for _ in blobs]
         changed: set[int] = set()
         for pb, es in zip(self.blobs, self.entries, strict=True):

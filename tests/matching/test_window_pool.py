@@ -85,3 +85,12 @@ def test_with_burst_a_blob_that_changed_size_has_its_stale_windows_scored_at_onc
             assert len(todo) == most
         else:  # every window over the part no item covers, whatever the budget
             assert len(todo) > 3 and {(340, 50, 60, 100), (370, 50, 60, 100)} <= {e.box for e in todo}
+
+
+def test_a_crop_budget_under_one_is_refused():
+    import pytest
+
+    from recognizer.matching.camera import CameraConfig
+
+    with pytest.raises(ValueError, match="crop_budget"):
+        CameraConfig(crop_budget=0)
