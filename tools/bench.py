@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, help="camera_table suite: threads for torch / ONNX Runtime")
     ap.add_argument("--camera-seeds", type=int, help="camera_table suite: render each scene with this many seeds (a summary over them)")
     ap.add_argument("--camera-configs", help="camera_table suite: comma-separated configurations (default: all)")
+    ap.add_argument("--camera-evidence", help="camera_table suite: a folder for the annotated video and per-frame states of `table`")
     args = ap.parse_args(argv)
     unseen_over: dict = {}
     deploy_over: dict = {k: v for k, v in (("sizes", args.size), ("query_stride", args.query_stride)) if v}
@@ -86,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         k: v for k, v in (("sizes", tuple(args.gallery_size or ()) or None), ("dim", args.dim)) if v
     }
     camera_over = {k: v for k, v in (("backend", args.camera_backend), ("threads", args.threads), ("seeds", args.camera_seeds),
-                                     ("configs", tuple(args.camera_configs.split(",")) if args.camera_configs else None)) if v}  # fmt: skip
+                                     ("configs", tuple(args.camera_configs.split(",")) if args.camera_configs else None),
+                                     ("evidence", args.camera_evidence)) if v}  # fmt: skip
     doc = run_bench(
         args.suite or list(SUITES), args.out, quick=args.quick, gallery=gallery_over, query_options=query_over,
         unseen=unseen_over, deploy=deploy_over, commit=commit_over, camera_table=camera_over,

@@ -16,9 +16,11 @@ state stream, and an annotated frame with per-stage latencies.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +41,8 @@ from .proposals import (
     split_boxes,
     window_boxes,
 )
-from .rerank import RerankConfig, verify_items
+from .rerank import RerankConfig
+from .track_verify import TrackVerifier
 from .tracking import UNKNOWN, Box, Event, LabelTracker, Track, assign, iou
 from .video import FrameSource
 from .window_pool import Scored, WindowPool
@@ -76,12 +79,14 @@ class CameraConfig:
     appear_frames: int = 1  # frames a new track's first label must win before it is shown
     leave_frames: int = 10  # frames a track coasts without a box (keeping its label) before it leaves
     iou_match: float = 0.25
+    coast_shape: float | None = 1.6  # a hidden (coasting) track takes back only a box at most this much wider or narrower
     threshold: float | None = None  # default: the gallery's, but at least ``min_score``
     min_score: float = 0.5  # a name needs this cosine at least, whatever the gallery's threshold
     query: QueryOptions = field(default_factory=QueryOptions)  # framing of each crop (zoom, multi-crop)
     rerank: RerankConfig | None = None  # geometric verification of every crop's top candidates, every frame
     verify: str = "auto"  # per-track verification (once at birth and on a challenge): the gallery's stored features
     verify_top: int = 3
+    verify_lag: int = 2  # verification on a worker thread, its result applied this many frames later (0: inline, in the frame)
     rebox_iou: float = 0.5  # a track whose box jumps (IoU with its last box below this) is verified again
     verify_window: float = 0.1  # the cached bonus counts for items this close to the track's best embedding score
     warmup_frames: int = 10  # foreground: frames of the empty scene to learn the background from
@@ -96,6 +101,8 @@ class CameraConfig:
     shape_slack: float | None = 1.75  # windows: a window this much wider (narrower) than the item it names is never that item (1.5 and 2.0: worse, see #16)
     keep_bonus: float = 0.1  # windows: last frame's items count this much more when a blob's items are picked
     search_on_change: bool = False  # windows: a blob that grew or shrank has its stale windows re-scored at once, over frame_ms
+    anchor_every: int = 3  # windows: last frame's items in a steady blob are embedded again every this many frames (the stalest first; 1 and 2: #16)
+    explore_min: int = 3  # windows: windows explored a frame beyond the items embedded again, at least
     crop_budget: int | None = None  # windows: crops a frame, fixed (None: from frame_ms and the embedder's speed at start)
     frame_ms: float | None = 30.0  # windows: aim each frame at this: windows embedded beyond last frame's items, from the measured ms per crop (None: all stale ones)
     mask_fill: int | None = 128  # table background: paint the empty table in each crop this grey (None: keep it)
@@ -186,6 +193,37 @@ class Proposer:
         return cv2.morphologyEx(mask, cv2.MORPH_CLOSE, k, iterations=3)
 
 
+_MS_PER_CROP: dict[tuple[int, str], tuple[weakref.ref, float]] = {}
+
+
+def ms_per_crop(rec: Recognizer) -> float:
+    """Milliseconds to embed one crop (a batch of 4) with this recognizer's embedder and framing.
+
+    Timed once per embedder and framing in a process, so the crop budget is fixed for a run and
+    the same for every camera on one embedder (labels do not follow the machine's load, and a
+    benchmark's configurations get one budget): the median of 9 timings after 3 untimed calls
+    (the first calls after loading run slower; a median of 3 after one call gave budgets of 2-6
+    crops from one ONNX export here, and 3-6 from 5 timings, each camera timing it anew).
+    """
+    key = (id(rec.model), repr(rec.query))
+    hit = _MS_PER_CROP.get(key)
+    if hit is not None and hit[0]() is rec.model:
+        return hit[1]
+    rng = np.random.default_rng(0)
+    dummy = [rng.integers(0, 256, (150, 110, 3), np.uint8) for _ in range(4)]
+    for _ in range(3):
+        rec.embed_arrays(dummy)
+    ms = []
+    for _ in range(9):
+        t = time.perf_counter()
+        rec.embed_arrays(dummy)
+        ms.append(1000 * (time.perf_counter() - t) / 4)
+    out = float(np.median(ms))
+    with contextlib.suppress(TypeError):  # an embedder without weak references is timed again next time
+        _MS_PER_CROP[key] = (weakref.ref(rec.model), out)
+    return out
+
+
 def pad_square(rgb: np.ndarray, fill: int) -> np.ndarray:
     """The crop centred on a square of ``fill``: the model sees the item's true shape, not a stretched one."""
     h, w = rgb.shape[:2]
@@ -262,10 +300,11 @@ class CameraMatcher:
         self.rec = Recognizer(gallery, model, self.cfg.query, self.cfg.rerank)
         thr = gallery.threshold if self.cfg.threshold is None else self.cfg.threshold
         self.threshold = max(thr, self.cfg.min_score)
-        self.verify_cfg = self._verify_config()
+        verify_cfg = self._verify_config()
+        self.verifier = TrackVerifier(gallery, self.candidates, verify_cfg, self.cfg.verify_lag) if verify_cfg else None
         self.tracker = LabelTracker(
             self.candidates, self.cfg, self.threshold, one_to_one=bool(candidates),
-            verifier=self._verify_track if self.verify_cfg else None,
+            verifier=self._verify_track if self.verifier else None,
         )  # fmt: skip
         self.proposer = Proposer(self.cfg)
         # how narrow and wide each candidate's item looks (plain-background photos): a lone item's blob stays
@@ -280,8 +319,8 @@ class CameraMatcher:
         self.times = StageTimes()
         self._rgb: np.ndarray | None = None
         budget = self.cfg.crop_budget or (self._crop_budget() if self.cfg.proposals == "windows" else None)
-        self.pool = WindowPool(self.cfg.refresh_frames, budget,
-                               burst=self.cfg.search_on_change)  # fmt: skip
+        self.pool = WindowPool(self.cfg.refresh_frames, budget, explore=self.cfg.explore_min,
+                               burst=self.cfg.search_on_change, anchor_every=self.cfg.anchor_every)  # fmt: skip
 
     def _verify_config(self) -> RerankConfig | None:
         method = self.cfg.verify
@@ -290,21 +329,25 @@ class CameraMatcher:
             method = next((m for m in ("sift", "orb") if m in stored), "none")
         return None if method == "none" else RerankConfig(method=method, top_k=self.cfg.verify_top)
 
-    def _verify_track(self, tr: Track, cols: np.ndarray) -> np.ndarray:
-        """Bonus per label from verifying these labels on the track's current crop (zero elsewhere)."""
-        bonus = np.zeros(len(self.candidates), np.float32)
+    def _verify_track(self, tr: Track, cols: np.ndarray) -> np.ndarray | None:
+        """Verify these labels on the track's current crop: the bonus per label (zero elsewhere)
+        now, or None when the worker thread delivers it at the next frame."""
         if self._rgb is None:
-            return bonus
-        names = [self.candidates[c] for c in cols]
-        base = tr.scores[cols].astype(np.float32)
-        cfg = RerankConfig(method=self.verify_cfg.method, top_k=len(names))
-        bonus[cols] = verify_items(self.gallery, crop(self._rgb, tr.box, self.cfg.pad), names, base, cfg) - base
-        return bonus
+            return np.zeros(len(self.candidates), np.float32)
+        return self.verifier.request(tr, cols, crop(self._rgb, tr.box, self.cfg.pad))
+
+    def close(self) -> None:
+        """Stop the verification worker (a matcher dropped without it leaves an idle thread)."""
+        if self.verifier is not None:
+            self.verifier.close()
 
     def process(
         self, index: int, t: float, frame_bgr: np.ndarray, capture_wait_ms: float = 0.0
     ) -> list[Event]:
         t0 = time.perf_counter()
+        if self.verifier is not None:  # verifications asked for verify_lag frames ago (waits for them)
+            self.tracker.deliver(self.verifier.collect())
+        tv = time.perf_counter()
         blobs = self.proposer(frame_bgr, [tr.box for tr in self.tracker.tracks])
         dx, dy = self.proposer.shift
         if dx or dy:
@@ -336,30 +379,23 @@ class CameraMatcher:
         t5 = time.perf_counter()
         self.times.add(
             capture_wait=capture_wait_ms,
-            proposals=1000 * (t1 - t0),
+            proposals=1000 * (t1 - tv),
             preprocess_embed=1000 * (t2 - t1),
             search=1000 * (t3 - t2),
             track=1000 * (t4 - t3),
-            verify=1000 * (t5 - t4),
+            verify=1000 * (t5 - t4 + tv - t0),
             total=capture_wait_ms + 1000 * (t5 - t0),
             crops=float(len(crops)),
         )
         return events
 
-    def _crop_budget(self, other_ms: float = 8.0) -> int | None:
-        """Crops a frame can embed within ``frame_ms``: the embedder timed once, at start, on a
-        batch of 4 crops (a budget fixed for the run, so labels do not follow the machine's load
-        frame by frame); ``other_ms``: the rest of a frame (background, scoring, tracking)."""
+    def _crop_budget(self, other_ms: float = 10.0) -> int | None:
+        """Crops a frame can embed within ``frame_ms``, from the embedder's ms per crop
+        (:func:`ms_per_crop`, timed once per embedder and framing in a process); ``other_ms``: the
+        rest of a frame (background 5-8 ms, cropping, scoring, tracking; measured in #16)."""
         if self.cfg.frame_ms is None:
             return None
-        dummy = [np.full((120, 90, 3), 128, np.uint8)] * 4
-        self.rec.embed_arrays(dummy)  # the first call is start-up (and the first frame need not pay it)
-        ms = []
-        for _ in range(3):
-            t = time.perf_counter()
-            self.rec.embed_arrays(dummy)
-            ms.append(1000 * (time.perf_counter() - t) / 4)
-        return max(1, int((self.cfg.frame_ms - other_ms) / max(float(np.median(ms)), 0.1)))
+        return max(1, int((self.cfg.frame_ms - other_ms) / max(ms_per_crop(self.rec), 0.1)))
 
     def _select(self, blobs: list[Blob], plan: list[list[Scored]]) -> tuple[list[Box], np.ndarray]:
         """The item boxes of each blob (among its scored windows, pooled ones included) and their
@@ -518,6 +554,7 @@ def run_camera(
                     if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
                         break
     finally:
+        matcher.close()
         src.close()
         if writer is not None:
             writer.release()

@@ -145,20 +145,22 @@ def verification_bonus(inliers: int, cfg: RerankConfig) -> float:
 
 
 def verify_items(
-    gallery, query_rgb: np.ndarray, items: Sequence[str], scores: np.ndarray, cfg: RerankConfig
+    gallery, query_rgb: np.ndarray, items: Sequence[str], scores: np.ndarray, cfg: RerankConfig,
+    *, stored: dict[str, list[tuple[np.ndarray, np.ndarray]]] | None = None,
 ) -> np.ndarray:
     """Scores of ``items`` after verifying the ``cfg.top_k`` best against the gallery's stored features.
 
     The one re-ranking step that matching, the report and the camera share; items outside the
-    top K keep their embedding scores.
+    top K keep their embedding scores. ``stored``: those items' features already read from the
+    gallery (``gallery.features.read``), so a worker thread never touches the gallery's database.
     """
     scores = np.asarray(scores, np.float32)
     top = np.argsort(-scores)[: cfg.top_k]
     names = [items[j] for j in top]
     feats = extract(query_rgb, cfg.method, max_side=cfg.max_side, nfeatures=cfg.nfeatures)
-    final, _, _ = rerank_scores(
-        names, scores[top], feats, gallery.features.read(names, cfg.method, cfg.per_item), cfg
-    )
+    if stored is None:
+        stored = gallery.features.read(names, cfg.method, cfg.per_item)
+    final, _, _ = rerank_scores(names, scores[top], feats, stored, cfg)
     out = scores.copy()
     out[top] = final
     return out

@@ -52,6 +52,8 @@ class Track:
     announced: bool = False
     bonus: np.ndarray | None = None  # cached verification bonus per label (None: not verified)
     verified_for: frozenset = field(default_factory=frozenset)  # the labels the cached result covers
+    verifying: frozenset = field(default_factory=frozenset)  # labels asked for, the result not back yet
+    verify_epoch: int = 0  # counts box jumps: a result for an older crop is dropped
 
     def to_state(self) -> dict[str, Any]:
         """The track as one entry of the per-frame state stream."""
@@ -94,7 +96,8 @@ def assign(scores: np.ndarray, one_to_one: bool) -> np.ndarray:
     return out
 
 
-# verify(track, label indices) -> bonus per label (len(labels)); called only at birth and on a challenge
+# verify(track, label indices) -> bonus per label (len(labels)), or None when the result comes later
+# (LabelTracker.deliver); called only at birth, on a challenge and after a box jump
 Verifier = Callable[[Track, np.ndarray], np.ndarray]
 
 
@@ -127,6 +130,7 @@ class LabelTracker:
         prefers the box that scores its item near that box's best: of two overlapping boxes, the
         one showing its item rather than the neighbour's."""
         cfg = self.cfg
+        coast_shape = getattr(cfg, "coast_shape", None)
         unmatched = set(range(len(boxes)))
         pairs = []
         for ti, tr in enumerate(self.tracks):
@@ -135,6 +139,8 @@ class LabelTracker:
                 ov = iou(tr.box, b)
                 if ov < cfg.iou_match:
                     continue
+                if tr.missed and coast_shape and max(b[2] / max(1, tr.box[2]), tr.box[2] / max(1, b[2])) > coast_shape:
+                    continue  # a box of another width where a hidden item was: another item (one put down), not it back
                 aff = ov - (2.0 * max(0.0, float(scores[bi].max() - scores[bi, col])) if col is not None and scores.size else 0.0)
                 pairs.append((aff, ti, bi))
         pairs.sort(reverse=True)
@@ -144,7 +150,9 @@ class LabelTracker:
                 continue
             tr = self.tracks[ti]
             if tr.bonus is not None and iou(tr.box, boxes[bi]) < getattr(cfg, "rebox_iou", 0.0):
-                tr.bonus, tr.verified_for = None, frozenset()  # its box jumped: that verification was of another crop
+                # its box jumped: that verification was of another crop (and one under way is too)
+                tr.bonus, tr.verified_for, tr.verifying = None, frozenset(), frozenset()
+                tr.verify_epoch += 1
             tr.box = boxes[bi]
             tr.scores = cfg.ema * scores[bi] + (1 - cfg.ema) * tr.scores
             tr.missed = 0
@@ -222,21 +230,30 @@ class LabelTracker:
         """Verify these labels on the track once (cached); True when it ran now."""
         if self.verifier is None:
             return False
-        need = frozenset(int(c) for c in cols) - tr.verified_for
+        need = frozenset(int(c) for c in cols) - tr.verified_for - tr.verifying
         if not need:
             return False
-        b = self.verifier(tr, np.array(sorted(need), np.int64))
-        if b is None:
+        cols = np.array(sorted(need), np.int64)
+        b = self.verifier(tr, cols)
+        if b is None:  # under way: delivered later
+            tr.verifying = tr.verifying | need
             return False
-        tr.bonus = (tr.bonus if tr.bonus is not None else np.zeros(len(self.labels), np.float32)) + b
-        tr.verified_for = tr.verified_for | need
-        self.verifications += 1
+        self.deliver([(tr, cols, b)])
         return True
+
+    def deliver(self, results: Sequence[tuple[Track, np.ndarray, np.ndarray]]) -> None:
+        """Cache verification results on their tracks: (track, label indices, bonus per label)."""
+        for tr, cols, b in results:
+            need = frozenset(int(c) for c in cols)
+            tr.bonus = (tr.bonus if tr.bonus is not None else np.zeros(len(self.labels), np.float32)) + b
+            tr.verified_for = tr.verified_for | need
+            tr.verifying = tr.verifying - need
+            self.verifications += 1
 
     def verify_new(self, top: int) -> None:
         """Verify the ``top`` best labels of tracks seen for the first time (call after :meth:`update`)."""
         for tr in self.tracks:
-            if self.verifier is not None and tr.missed == 0 and not tr.verified_for and tr.age >= 1:
+            if self.verifier is not None and tr.missed == 0 and not tr.verified_for | tr.verifying and tr.age >= 1:
                 self._verify(tr, np.argsort(-tr.scores)[:top])
 
     def _hysteresis(

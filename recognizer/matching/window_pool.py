@@ -33,7 +33,8 @@ class Scored:
     box: Box
     scores: np.ndarray | None  # over the candidates; None until embedded this frame
     age: int = 0  # frames since it was scored
-    anchor: bool = False  # picked as an item last frame: scored again every frame
+    anchor: bool = False  # picked as an item last frame: scored again every frame (or every anchor_every)
+    skipped: int = 0  # an anchor: frames since it was last embedded
 
 
 def _inside(a: Box, b: Box) -> float:
@@ -66,9 +67,10 @@ class WindowPool:
     """Every window scored in the last ``max_age`` frames, per blob, moved as its blob moves."""
 
     def __init__(self, max_age: int = 5, budget: int | None = 6, match: float = 0.7, steady: float = 0.15, explore: int = 2,
-                 burst: bool = False):  # fmt: skip
+                 burst: bool = False, anchor_every: int = 1):  # fmt: skip
         self.max_age, self.budget, self.match, self.steady = max_age, budget, match, steady  # budget: crops a frame
         self.min_explore = explore  # windows explored per frame at least, whatever the budget
+        self.anchor_every = anchor_every  # an item in a steady blob is embedded again every this many frames
         self.burst = burst  # a blob that grew or shrank has every stale window re-scored at once, over the budget
         self.blobs: list[Box] = []  # last frame's blob boxes
         self.entries: list[list[Scored]] = []  # per blob of last frame
@@ -109,14 +111,15 @@ class WindowPool:
                     box = (int(round(e.box[0] + dx)), int(round(e.box[1] + dy)), e.box[2], e.box[3])
                 for k, b in enumerate(blobs):  # the blob it now lies in (a blob may have split)
                     if _inside(box, b.box) >= 0.6:
-                        carried[k].append(Scored(_clip(box, b.box), e.scores, e.age + 1, e.anchor and steady))
+                        carried[k].append(Scored(_clip(box, b.box), e.scores, e.age + 1, e.anchor and steady, e.skipped + 1))
                         break
+        # the items: scored afresh, every frame (anchor_every 1), or the stalest 1/anchor_every of them
+        anchors = sorted((e for es in carried for e in es if e.anchor), key=lambda e: -e.skipped)
+        for e in anchors[: -(-len(anchors) // self.anchor_every)]:
+            e.scores, e.skipped = None, 0
         explore: list[tuple[int, int, int, int, Box]] = []
         for k, b in enumerate(blobs):
             es = carried[k]
-            for e in es:
-                if e.anchor:
-                    e.scores = None  # an item: scored afresh every frame
             if not es:  # seen for the first time (or nothing of it is left): every window now
                 es[:] = [Scored(w, None) for w in b.windows]
                 continue
@@ -152,4 +155,4 @@ class WindowPool:
         self.entries = []
         for es, pk in zip(carried, picked, strict=True):
             keep = set(pk)
-            self.entries.append([Scored(e.box, e.scores, e.age, i in keep) for i, e in enumerate(es) if e.scores is not None])
+            self.entries.append([Scored(e.box, e.scores, e.age, i in keep, e.skipped) for i, e in enumerate(es) if e.scores is not None])

@@ -51,13 +51,15 @@ class LiveSessions:
             key = (tuple(candidates or ()), proposals)
             s = self._sessions.get(session)
             if s is None or s["key"] != key:
+                if s is not None:
+                    s["matcher"].close()
                 query, rerank = resolve_query(self.gallery, "camera")
                 cfg = CameraConfig(proposals=proposals, query=query, rerank=rerank)
                 s = {"key": key, "matcher": CameraMatcher(self.gallery, self.model, candidates or None, cfg),
                      "index": 0, "t0": time.perf_counter()}  # fmt: skip
                 self._sessions[session] = s
                 while len(self._sessions) > self.max_sessions:
-                    self._sessions.popitem(last=False)
+                    self._sessions.popitem(last=False)[1]["matcher"].close()
             self._sessions.move_to_end(session)
             m: CameraMatcher = s["matcher"]
             t0 = time.perf_counter()

@@ -201,3 +201,20 @@ def test_camera_with_multicrop_and_geometric_verification(scene):
     assert stats["frames"] == 40
     acc = label_accuracy([t for t in truth if t[0] < 40], log, fps=10)
     assert acc["evaluated"] > 20 and acc["accuracy"] >= 0.9, acc
+
+
+def test_the_embedder_is_timed_once_so_every_camera_on_it_gets_one_crop_budget():
+    from types import SimpleNamespace
+
+    from recognizer.matching.camera import ms_per_crop
+
+    class Model:  # weak-referenceable, like a torch module or an ONNX embedder
+        pass
+
+    calls = []
+    rec = SimpleNamespace(model=Model(), query="crop:0.6", embed_arrays=lambda crops: calls.append(len(crops)))
+    first = ms_per_crop(rec)
+    assert len(calls) == 12 and ms_per_crop(rec) == first and len(calls) == 12  # 3 untimed + 9 timed, then cached
+    other = SimpleNamespace(model=Model(), query="crop:0.6", embed_arrays=rec.embed_arrays)
+    ms_per_crop(other)
+    assert len(calls) == 24  # another embedder is timed anew

@@ -77,3 +77,38 @@ def test_a_track_whose_box_jumps_is_verified_again():
         tr.verify_new(2)
     # at birth; not for a slide of a quarter of its width (IoU 0.6); again when the box jumps (IoU 0.4)
     assert calls == [(0, 0, 40, 40), (10, 0, 100, 40)]
+
+
+def test_a_hidden_track_does_not_take_over_a_box_of_another_width():
+    """An item lifted away and another put down in its place: the new one is a new track, not the old name."""
+    tr = _tracker(leave_frames=10, coast_shape=1.6)
+    tr.update(0, 0.0, [(100, 0, 60, 80)], np.array([[0.9, 0.2, 0.1]]))
+    tr.update(1, 0.0, [], np.zeros((0, 3)))  # gone for a frame
+    tr.update(2, 0.0, [(90, 0, 160, 40)], np.array([[0.55, 0.6, 0.1]]))  # a wide item where it was (IoU 0.27)
+    assert [(t.track_id, t.missed) for t in tr.tracks] == [(1, 2), (2, 0)]  # it stays hidden; the new box is a new track
+    same = _tracker(leave_frames=10, coast_shape=None)
+    same.update(0, 0.0, [(100, 0, 60, 80)], np.array([[0.9, 0.2, 0.1]]))
+    same.update(1, 0.0, [], np.zeros((0, 3)))
+    same.update(2, 0.0, [(90, 0, 160, 40)], np.array([[0.55, 0.6, 0.1]]))
+    assert [(t.track_id, t.label) for t in same.tracks] == [(1, "a")]  # without the rule: the old name carried on
+
+
+def test_a_verification_under_way_is_not_asked_again_and_counts_when_delivered():
+    calls, pending = [], []
+
+    def verifier(track, cols):  # the result comes later, as from the camera's worker thread
+        calls.append(sorted(int(c) for c in cols))
+        pending.append((track, cols))
+        return None
+
+    tr = _tracker(verifier=verifier, verify_top=2)
+    box = (0, 0, 40, 40)
+    for f in range(3):
+        tr.update(f, 0.0, [box], np.array([[0.8, 0.75, 0.1]]))
+        tr.verify_new(2)
+    assert calls == [[0, 1]] and tr.tracks[0].label == "a" and tr.verifications == 0
+    (track, cols), bonus = pending[0], np.array([0.0, 0.3, 0.0], np.float32)
+    tr.deliver([(track, cols, bonus)])
+    for f in range(3, 7):
+        tr.update(f, 0.0, [box], np.array([[0.8, 0.75, 0.1]]))
+    assert tr.tracks[0].label == "b" and tr.verifications == 1 and calls == [[0, 1]]

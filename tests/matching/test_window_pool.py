@@ -94,3 +94,21 @@ def test_a_crop_budget_under_one_is_refused():
 
     with pytest.raises(ValueError, match="crop_budget"):
         CameraConfig(crop_budget=0)
+
+
+def test_with_anchor_every_3_each_item_is_embedded_every_third_frame_the_stalest_first():
+    pool = WindowPool(max_age=5, budget=1, explore=0, anchor_every=3)
+    blob = Blob((100, 50, 300, 100), _wins(100))
+    items = [(100, 50, 60, 100), (190, 50, 60, 100), (280, 50, 60, 100)]
+    plan, _ = _frame(pool, [blob])
+    pool.commit([blob], plan, [[i for i, e in enumerate(plan[0]) if e.box in items]])
+    seen = []
+    for _ in range(6):
+        plan = pool.plan([blob])
+        todo = [e for e in plan[0] if e.scores is None]
+        assert len(todo) == 1 and todo[0].box in items  # one item a frame, not all three
+        seen.append(todo[0].box)
+        for e in todo:
+            e.scores = np.ones(2, np.float32)
+        pool.commit([blob], plan, [[i for i, e in enumerate(plan[0]) if e.box in items]])
+    assert sorted(seen[:3]) == sorted(items) and seen[3:] == seen[:3]  # round robin
