@@ -32,15 +32,7 @@ from ..gallery import Gallery
 from ..models.model import EmbeddingModel
 from .options import QueryOptions
 from .pipeline import Recognizer
-from .proposals import (
-    Blob,
-    TableBackground,
-    blobs_from_mask,
-    item_aspects,
-    select_boxes,
-    split_boxes,
-    window_boxes,
-)
+from .proposals import Blob, Proposer, item_aspects, select_boxes
 from .rerank import RerankConfig
 from .track_verify import TrackVerifier
 from .tracking import UNKNOWN, Box, Event, LabelTracker, Track, assign, iou
@@ -123,74 +115,6 @@ class CameraConfig:
             raise ValueError(f"background {self.background!r} is not one of {', '.join(BACKGROUNDS)}")
         if self.verify not in VERIFY:
             raise ValueError(f"verify {self.verify!r} is not one of {', '.join(VERIFY)}")
-
-
-# ----------------------------------------------------------------------------- proposals
-
-
-class Proposer:
-    """Where the items are: blobs (frame coordinates) with the windows to score in each."""
-
-    def __init__(self, cfg: CameraConfig):
-        self.cfg = cfg
-        self._bg = None
-        self._frames = 0
-        self.shift = (0.0, 0.0)  # the camera's motion at the last frame (table background only)
-        self.mask: np.ndarray | None = None  # the last foreground mask at frame size (table background only)
-
-    def __call__(self, frame: np.ndarray, hold: Sequence[Box] = ()) -> list[Blob]:
-        H, W = frame.shape[:2]
-        cfg = self.cfg
-        x0, y0, w0, h0 = cfg.roi if cfg.roi is not None else (0, 0, W, H)
-        self.shift = (0.0, 0.0)
-        if cfg.proposals in ("full", "roi"):
-            return [Blob((x0, y0, w0, h0), [(x0, y0, w0, h0)], "whole")]
-        if cfg.proposals == "grid":
-            rows, cols = cfg.grid
-            return [
-                Blob(b, [b], "whole")
-                for r in range(rows)
-                for c in range(cols)
-                for b in [(x0 + c * w0 // cols, y0 + r * h0 // rows, w0 // cols, h0 // rows)]
-            ]
-        sub = frame[y0 : y0 + h0, x0 : x0 + w0]
-        if cfg.background == "mog2":
-            mask, scale = self._mog2(sub), 0.5
-        else:
-            if self._bg is None:
-                self._bg = TableBackground(cfg.warmup_frames)
-            mask, self.shift = self._bg.apply(sub, [(x - x0, y - y0, w, h) for x, y, w, h in hold])
-            scale = self._bg.scale
-            full = np.zeros((H, W), np.uint8)
-            full[y0 : y0 + h0, x0 : x0 + w0] = cv2.dilate(cv2.resize(mask, (w0, h0), interpolation=cv2.INTER_NEAREST), np.ones((5, 5), np.uint8))
-            self.mask = full
-        out = []
-        for (bx, by, bw, bh), m in blobs_from_mask(mask, scale, cfg.min_area, cfg.max_crops):
-            box = (x0 + bx, y0 + by, bw, bh)
-            if cfg.proposals == "windows":
-                wins = window_boxes(box, m, scale, cfg.window_widths, cfg.window_stride, cfg.window_positions)
-                out.append(Blob(box, wins, "windows"))
-            elif cfg.proposals == "split":
-                out.append(Blob(box, split_boxes(box, m, scale), "split"))
-            else:
-                out.append(Blob(box, [box], "whole"))
-        return out
-
-    def _mog2(self, sub: np.ndarray) -> np.ndarray:
-        """Today's foreground before the table background: MOG2, no shadow or motion handling."""
-        if self._bg is None:
-            self._bg = cv2.createBackgroundSubtractorMOG2(history=300, varThreshold=32, detectShadows=False)
-        h0, w0 = sub.shape[:2]
-        small = cv2.resize(sub, (max(1, w0 // 2), max(1, h0 // 2)), interpolation=cv2.INTER_AREA)
-        self._frames += 1
-        if self._frames <= self.cfg.warmup_frames:  # learn the empty scene
-            self._bg.apply(small)
-            return np.zeros(small.shape[:2], np.uint8)
-        # then learn slowly, so items lying still are not absorbed into the background
-        mask = self._bg.apply(small, learningRate=self.cfg.bg_learning_rate)
-        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
-        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, k)
-        return cv2.morphologyEx(mask, cv2.MORPH_CLOSE, k, iterations=3)
 
 
 _MS_PER_CROP: dict[tuple[int, str], tuple[weakref.ref, float]] = {}
@@ -447,7 +371,8 @@ class CameraMatcher:
 
     def annotate(self, frame_bgr: np.ndarray, fps: float) -> np.ndarray:
         out = frame_bgr.copy()
-        for tr in self.tracker.tracks:
+        # unknown boxes first: a named item's label is never hidden under a neighbouring unknown's
+        for tr in sorted(self.tracker.tracks, key=lambda tr: tr.label != UNKNOWN):
             if tr.missed:
                 continue
             x, y, w, h = tr.box

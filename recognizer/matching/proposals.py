@@ -27,11 +27,16 @@ its height in enrolled photos with a plain background, catalog or turntable shot
 wider than the item its whole box names is that one item, and is never cut into parts. Without
 this, half of a lone package could be named after a distractor that half-resembles it; with
 it, touching items (a blob far wider than any one of them) are still separated.
+
+:class:`Proposer` is the camera's use of all this, one frame at a time (or a fixed ROI, a grid,
+the full frame, or OpenCV's MOG2 for comparison).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -350,3 +355,73 @@ def item_aspects(gallery, items: list[str], per_item: int = 4) -> np.ndarray:
             if seen >= per_item:
                 break
     return out
+
+
+# ------------------------------------------------------------------------ the camera's proposer
+
+
+class Proposer:
+    """Where the items are: blobs (frame coordinates) with the windows to score in each.
+
+    ``cfg``: a :class:`~.camera.CameraConfig` (proposals, roi, grid, background, windows...)."""
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+        self._bg = None
+        self._frames = 0
+        self.shift = (0.0, 0.0)  # the camera's motion at the last frame (table background only)
+        self.mask: np.ndarray | None = None  # the last foreground mask at frame size (table background only)
+
+    def __call__(self, frame: np.ndarray, hold: Sequence[Box] = ()) -> list[Blob]:
+        H, W = frame.shape[:2]
+        cfg = self.cfg
+        x0, y0, w0, h0 = cfg.roi if cfg.roi is not None else (0, 0, W, H)
+        self.shift = (0.0, 0.0)
+        if cfg.proposals in ("full", "roi"):
+            return [Blob((x0, y0, w0, h0), [(x0, y0, w0, h0)], "whole")]
+        if cfg.proposals == "grid":
+            rows, cols = cfg.grid
+            return [
+                Blob(b, [b], "whole")
+                for r in range(rows)
+                for c in range(cols)
+                for b in [(x0 + c * w0 // cols, y0 + r * h0 // rows, w0 // cols, h0 // rows)]
+            ]
+        sub = frame[y0 : y0 + h0, x0 : x0 + w0]
+        if cfg.background == "mog2":
+            mask, scale = self._mog2(sub), 0.5
+        else:
+            if self._bg is None:
+                self._bg = TableBackground(cfg.warmup_frames)
+            mask, self.shift = self._bg.apply(sub, [(x - x0, y - y0, w, h) for x, y, w, h in hold])
+            scale = self._bg.scale
+            full = np.zeros((H, W), np.uint8)
+            full[y0 : y0 + h0, x0 : x0 + w0] = cv2.dilate(cv2.resize(mask, (w0, h0), interpolation=cv2.INTER_NEAREST), np.ones((5, 5), np.uint8))
+            self.mask = full
+        out = []
+        for (bx, by, bw, bh), m in blobs_from_mask(mask, scale, cfg.min_area, cfg.max_crops):
+            box = (x0 + bx, y0 + by, bw, bh)
+            if cfg.proposals == "windows":
+                wins = window_boxes(box, m, scale, cfg.window_widths, cfg.window_stride, cfg.window_positions)
+                out.append(Blob(box, wins, "windows"))
+            elif cfg.proposals == "split":
+                out.append(Blob(box, split_boxes(box, m, scale), "split"))
+            else:
+                out.append(Blob(box, [box], "whole"))
+        return out
+
+    def _mog2(self, sub: np.ndarray) -> np.ndarray:
+        """Today's foreground before the table background: MOG2, no shadow or motion handling."""
+        if self._bg is None:
+            self._bg = cv2.createBackgroundSubtractorMOG2(history=300, varThreshold=32, detectShadows=False)
+        h0, w0 = sub.shape[:2]
+        small = cv2.resize(sub, (max(1, w0 // 2), max(1, h0 // 2)), interpolation=cv2.INTER_AREA)
+        self._frames += 1
+        if self._frames <= self.cfg.warmup_frames:  # learn the empty scene
+            self._bg.apply(small)
+            return np.zeros(small.shape[:2], np.uint8)
+        # then learn slowly, so items lying still are not absorbed into the background
+        mask = self._bg.apply(small, learningRate=self.cfg.bg_learning_rate)
+        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, k)
+        return cv2.morphologyEx(mask, cv2.MORPH_CLOSE, k, iterations=3)
