@@ -62,8 +62,8 @@ def camera_configs() -> dict[str, Any]:
     frame, verification on a worker thread, square-padded crops) against: ``shape_1.5`` and
     ``shape_2.0`` (the shape check's slack), ``no_shape`` (no shape check), ``no_keep`` (no bonus
     for last frame's items), ``frame_ms_40`` (a frame aims at 40 ms, not 30: more windows
-    explored per frame), ``no_budget`` (every stale window re-embedded at once), ``budget_3`` and
-    ``budget_6`` (a fixed crop budget), ``anchor_1`` (the last stop's: every item embedded every
+    explored per frame), ``no_budget`` (every stale window re-embedded at once), ``budget_3``,
+    ``budget_4`` and ``budget_6`` (a fixed crop budget), ``anchor_1`` (the last stop's: every item embedded every
     frame, 2 windows explored), ``anchor_2`` (every 2nd frame), ``explore_2``, ``verify_inline``
     (verification in the frame), ``no_coast_shape`` (a hidden track takes back a box of any
     width), ``windows_unpadded``, and the
@@ -73,7 +73,7 @@ def camera_configs() -> dict[str, Any]:
     return {"default": {}, "shape_1.5": {"shape_slack": 1.5}, "shape_2.0": {"shape_slack": 2.0},
             "no_shape": {"shape_slack": None}, "no_keep": {"keep_bonus": 0.0}, "frame_ms_40": {"frame_ms": 40.0},
             "search_on_change": {"search_on_change": True}, "no_budget": {"frame_ms": None},
-            "budget_3": {"crop_budget": 3}, "budget_6": {"crop_budget": 6},
+            "budget_3": {"crop_budget": 3}, "budget_4": {"crop_budget": 4}, "budget_6": {"crop_budget": 6},
             "anchor_1": {"anchor_every": 1, "explore_min": 2}, "anchor_2": {"anchor_every": 2},
             "explore_2": {"explore_min": 2}, "verify_inline": {"verify_lag": 0}, "no_coast_shape": {"coast_shape": None},
             "windows_unpadded": {"square": False}, "foreground": {"proposals": "foreground"},

@@ -71,7 +71,7 @@ class CameraConfig:
     appear_frames: int = 1  # frames a new track's first label must win before it is shown
     leave_frames: int = 10  # frames a track coasts without a box (keeping its label) before it leaves
     iou_match: float = 0.25
-    coast_shape: float | None = 1.6  # a hidden (coasting) track takes back only a box at most this much wider or narrower
+    coast_shape: float | None = 1.6  # a hidden track takes back, and a named one takes a box no window named (a hand), only a box at most this much wider or narrower
     threshold: float | None = None  # default: the gallery's, but at least ``min_score``
     min_score: float = 0.5  # a name needs this cosine at least, whatever the gallery's threshold
     query: QueryOptions = field(default_factory=QueryOptions)  # framing of each crop (zoom, multi-crop)
@@ -295,9 +295,9 @@ class CameraMatcher:
             scores = self.rec.verify(self.candidates, scores, lambda i: crops[i])
             for e, row in zip(todo, scores, strict=True):
                 e.scores = row
-        boxes, rows = self._select(blobs, plan)
+        boxes, rows, unnamed = self._select(blobs, plan)
         t3 = time.perf_counter()
-        events = self.tracker.update(index, t, boxes, rows)
+        events = self.tracker.update(index, t, boxes, rows, unnamed)
         t4 = time.perf_counter()
         self.tracker.verify_new(self.cfg.verify_top)
         t5 = time.perf_counter()
@@ -321,11 +321,12 @@ class CameraMatcher:
             return None
         return max(1, int((self.cfg.frame_ms - other_ms) / max(ms_per_crop(self.rec), 0.1)))
 
-    def _select(self, blobs: list[Blob], plan: list[list[Scored]]) -> tuple[list[Box], np.ndarray]:
-        """The item boxes of each blob (among its scored windows, pooled ones included) and their
-        score rows; leftovers get the scores of the window overlapping them most (below the
-        threshold, so they read unknown)."""
+    def _select(self, blobs: list[Blob], plan: list[list[Scored]]) -> tuple[list[Box], np.ndarray, list[bool]]:
+        """The item boxes of each blob (among its scored windows, pooled ones included), their
+        score rows, and which are leftovers: those get the scores of the window overlapping them
+        most (below the threshold, so they read unknown)."""
         boxes: list[Box] = []
+        unnamed: list[bool] = []  # a leftover: a part of a blob no window named
         rows: list[np.ndarray] = []
         picks: list[list[int]] = []
         n = len(self.candidates)
@@ -349,13 +350,15 @@ class CameraMatcher:
             for j in picked:
                 boxes.append(wins[j])
                 rows.append(s[j])
+                unnamed.append(False)
             for box in rest:
                 j = int(np.argmax([iou(box, w) for w in wins]))
                 boxes.append(box)
                 rows.append(np.minimum(s[j], self.threshold - 1e-3))
+                unnamed.append(True)
         if self.cfg.proposals == "windows":
             self.pool.commit(blobs, plan, picks)
-        return boxes, np.array(rows, np.float32).reshape(len(rows), n)
+        return boxes, np.array(rows, np.float32).reshape(len(rows), n), unnamed
 
     def _read_aspect(self, col: int) -> None:
         if not self._aspect_known[col]:

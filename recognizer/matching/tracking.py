@@ -125,7 +125,7 @@ class LabelTracker:
             x, y, w, h = tr.box
             tr.box = (int(round(x + dx)), int(round(y + dy)), w, h)
 
-    def _associate(self, boxes: list[Box], scores: np.ndarray) -> None:
+    def _associate(self, boxes: list[Box], scores: np.ndarray, unnamed: Sequence[bool] | None = None) -> None:
         """Boxes to tracks by overlap (IoU >= ``iou_match``), best pairs first, where a named track
         prefers the box that scores its item near that box's best: of two overlapping boxes, the
         one showing its item rather than the neighbour's."""
@@ -139,8 +139,9 @@ class LabelTracker:
                 ov = iou(tr.box, b)
                 if ov < cfg.iou_match:
                     continue
-                if tr.missed and coast_shape and max(b[2] / max(1, tr.box[2]), tr.box[2] / max(1, b[2])) > coast_shape:
-                    continue  # a box of another width where a hidden item was: another item (one put down), not it back
+                wider = max(b[2] / max(1, tr.box[2]), tr.box[2] / max(1, b[2]))
+                if coast_shape and wider > coast_shape and (tr.missed or (unnamed is not None and unnamed[bi] and tr.label != UNKNOWN)):
+                    continue  # another item where a hidden one was, or a hand and neighbours where a named one is
                 aff = ov - (2.0 * max(0.0, float(scores[bi].max() - scores[bi, col])) if col is not None and scores.size else 0.0)
                 pairs.append((aff, ti, bi))
         pairs.sort(reverse=True)
@@ -166,11 +167,17 @@ class LabelTracker:
             self.tracks.append(Track(self._next_id, boxes[bi], scores[bi].copy()))
             self._next_id += 1
 
-    def update(self, frame_index: int, t: float, boxes: list[Box], scores: np.ndarray) -> list[Event]:
-        """Feed one frame's boxes and their ``len(boxes) x len(labels)`` scores; returns events."""
+    def update(self, frame_index: int, t: float, boxes: list[Box], scores: np.ndarray,
+               unnamed: Sequence[bool] | None = None) -> list[Event]:  # fmt: skip
+        """Feed one frame's boxes and their ``len(boxes) x len(labels)`` scores; returns events.
+
+        ``unnamed`` (per box): a part of a blob no window named (a hand, a seam). A named track
+        takes such a box only when it is about as wide as its own (``coast_shape``): an item under
+        a hand keeps its name on its box, but its name is never put on a box that a hand and its
+        neighbours fill (#16: an apple's name on the hand's box); it coasts, hidden, instead."""
         cfg = self.cfg
         events: list[Event] = []
-        self._associate(boxes, scores)
+        self._associate(boxes, scores, unnamed)
         keep = []
         for tr in self.tracks:  # drop tracks gone too long; coasting ones keep their label
             if tr.missed > cfg.leave_frames:

@@ -112,3 +112,16 @@ def test_a_verification_under_way_is_not_asked_again_and_counts_when_delivered()
     for f in range(3, 7):
         tr.update(f, 0.0, [box], np.array([[0.8, 0.75, 0.1]]))
     assert tr.tracks[0].label == "b" and tr.verifications == 1 and calls == [[0, 1]]
+
+
+def test_a_named_track_does_not_put_its_name_on_a_box_no_window_named_that_is_far_wider():
+    """A hand over an item and its neighbours: the part no window named is not shown with the item's name."""
+    for unnamed, shown in (([True], []), ([False], ["a"])):
+        tr = _tracker(leave_frames=10, coast_shape=1.6)
+        tr.update(0, 0.0, [(100, 0, 60, 80)], np.array([[0.9, 0.2, 0.1]]))
+        tr.update(1, 0.0, [(90, 0, 200, 80)], np.array([[0.45, 0.2, 0.1]]), unnamed)  # hand + neighbours
+        assert [t.label for t in tr.tracks if t.missed == 0 and t.announced and t.label != UNKNOWN] == shown
+    tr = _tracker(leave_frames=10, coast_shape=1.6)
+    tr.update(0, 0.0, [(100, 0, 60, 80)], np.array([[0.9, 0.2, 0.1]]))
+    tr.update(1, 0.0, [(95, 0, 70, 80)], np.array([[0.45, 0.2, 0.1]]), [True])  # a hand on the item alone
+    assert [(t.track_id, t.label, t.missed) for t in tr.tracks] == [(1, "a", 0)]  # keeps its name and box
