@@ -98,7 +98,7 @@ def assign(scores: np.ndarray, one_to_one: bool) -> np.ndarray:
 
 # verify(track, label indices) -> bonus per label (len(labels)), or None when the result comes later
 # (LabelTracker.deliver); called only at birth, on a challenge and after a box jump
-Verifier = Callable[[Track, np.ndarray], np.ndarray]
+Verifier = Callable[[Track, np.ndarray], np.ndarray | None]
 
 
 class LabelTracker:

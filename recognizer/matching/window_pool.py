@@ -6,7 +6,9 @@ on a table move slowly, so a window's scores stay good for a few frames when the
 with its blob. :class:`WindowPool` keeps every window scored in the last ``max_age`` frames,
 moved with its blob (and with the camera). Each frame:
 
-* the windows picked last frame (the items: *anchors*) are embedded again, fresh;
+* the windows picked last frame (the items: *anchors*) are embedded again, fresh: each every
+  ``anchor_every`` frames, the stalest first (the camera: every 3rd frame; the rest carry their
+  scores, moved with the blob), so the crops go to looking for what changed;
 * a few more windows of each blob are *explored*, those covering parts of the blob that no
   anchor covers first (a hand, an item just put down), then the least recently scored, so
   every window is scored again within about ``max_age`` frames;
@@ -86,8 +88,8 @@ class WindowPool:
     def plan(self, blobs: Sequence[Blob]) -> list[list[Scored]]:
         """Per blob, its pooled windows (moved to this frame) and the ones to embed now
         (``scores is None``); ``blob.windows`` are the fresh windows a full search would score.
-        About ``budget`` crops (None: no limit): last frame's items and new blobs' windows always,
-        and at least ``explore`` more windows."""
+        About ``budget`` crops (None: no limit): the items due (every ``anchor_every`` frames) and
+        new blobs' windows always, and at least ``explore`` more windows."""
         budget = self.budget
         carried: list[list[Scored]] = [[] for _ in blobs]
         changed: set[int] = set()
