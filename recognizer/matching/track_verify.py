@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 
@@ -36,7 +37,7 @@ class TrackVerifier:
 
     def _bonus(self, rgb: np.ndarray, cols: np.ndarray, base: np.ndarray, stored) -> np.ndarray:
         names = [self.labels[c] for c in cols]
-        cfg = RerankConfig(**{**self.cfg.__dict__, "top_k": len(names)})
+        cfg = replace(self.cfg, top_k=len(names))
         bonus = np.zeros(len(self.labels), np.float32)
         bonus[cols] = verify_items(self.gallery, rgb, names, base, cfg, stored=stored) - base
         return bonus
