@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--camera-seeds", type=int, help="camera_table suite: render each scene with this many seeds (a summary over them)")
     ap.add_argument("--camera-configs", help="camera_table suite: comma-separated configurations (default: all)")
     ap.add_argument("--camera-evidence", help="camera_table suite: a folder for the annotated video and per-frame states of `table`")
+    ap.add_argument("--camera-budget", type=int, help="camera_table suite: crops a frame for every configuration (default: measured once per run)")
     args = ap.parse_args(argv)
     unseen_over: dict = {}
     deploy_over: dict = {k: v for k, v in (("sizes", args.size), ("query_stride", args.query_stride)) if v}
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     camera_over = {k: v for k, v in (("backend", args.camera_backend), ("threads", args.threads), ("seeds", args.camera_seeds),
                                      ("configs", tuple(args.camera_configs.split(",")) if args.camera_configs else None),
-                                     ("evidence", args.camera_evidence)) if v}  # fmt: skip
+                                     ("evidence", args.camera_evidence), ("budget", args.camera_budget)) if v}  # fmt: skip
     doc = run_bench(
         args.suite or list(SUITES), args.out, quick=args.quick, gallery=gallery_over, query_options=query_over,
         unseen=unseen_over, deploy=deploy_over, commit=commit_over, camera_table=camera_over,

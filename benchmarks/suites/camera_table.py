@@ -66,7 +66,9 @@ def camera_configs() -> dict[str, Any]:
     ``budget_4`` and ``budget_6`` (a fixed crop budget), ``anchor_1`` (the last stop's: every item embedded every
     frame, 2 windows explored), ``anchor_2`` (every 2nd frame), ``explore_2``, ``verify_inline``
     (verification in the frame), ``no_coast_shape`` (a hidden track takes back a box of any
-    width), ``windows_unpadded``, and the
+    width), ``no_hold`` (an item under a hand is hidden as soon as it loses its box, not held for
+    5 frames), ``box_height`` (windows as wide as a share of the blob box's height even when an
+    item lowered from above makes it far taller than its items), ``windows_unpadded``, and the
     other ways of cutting a blob into items, all with the table background, grey-filled crops and
     the same tracker: ``foreground`` (a blob is one item), ``split`` (the mask split by watershed).
     """
@@ -76,6 +78,7 @@ def camera_configs() -> dict[str, Any]:
             "budget_3": {"crop_budget": 3}, "budget_4": {"crop_budget": 4}, "budget_6": {"crop_budget": 6},
             "anchor_1": {"anchor_every": 1, "explore_min": 2}, "anchor_2": {"anchor_every": 2},
             "explore_2": {"explore_min": 2}, "verify_inline": {"verify_lag": 0}, "no_coast_shape": {"coast_shape": None},
+            "no_hold": {"hold_frames": 0}, "box_height": {"window_tall": None},
             "windows_unpadded": {"square": False}, "foreground": {"proposals": "foreground"},
             "split": {"proposals": "split"}}  # fmt: skip
 
@@ -123,6 +126,7 @@ def run(
     threads: int | None = None,
     backend: str = "torch",
     seeds: int = 1,
+    budget: int | None = None,
 ) -> dict[str, Any]:
     """Every scene at the default configuration, the other proposal methods on ``compare_scenes``.
 
@@ -134,6 +138,11 @@ def run(
     ``seeds``: each scene also rendered with ``seeds - 1`` other seeds (other turntable angles,
     jitter, hand path; same items and events): a scene of 100-160 frames swings by several points
     with which frame a window is searched on, so ``summary`` gives the mean (and worst) over seeds.
+    ``budget``: crops a frame for every configuration that does not fix its own. The default
+    measures the embedder once per process (``camera.ms_per_crop``): on this VM 3 to 5 crops from
+    one export between runs, and labels follow, so configurations and code versions compared across
+    runs need one fixed budget (deterministic: the same labels run after run); the budget a plain
+    camera measures in the run is reported as ``measured_budget``.
     """
     import torch
 
@@ -170,6 +179,11 @@ def run(
         from recognizer.models.embed import embed_arrays
 
         embed_arrays(net, [np.full((160, 160, 3), 128, np.uint8)] * 8)  # warm up: the first scene's frame times are not start-up
+        from recognizer.matching.camera import CameraConfig, CameraMatcher
+
+        probe = CameraMatcher(g, net, None, CameraConfig())
+        out["measured_budget"], out["budget"] = probe.pool.budget, budget
+        probe.close()
         for scene, seed, spec in specs:
             for name in names:
                 if name != "default" and scene.name not in compare_scenes:
@@ -178,7 +192,8 @@ def run(
                 if evidence and name == "default" and spec.name == "table":
                     Path(evidence).mkdir(parents=True, exist_ok=True)
                     ev = {"out_video": Path(evidence) / "table_annotated.mp4", "frames_jsonl": Path(evidence) / "table_frames.jsonl"}
-                row, stats, m = run_scene(g, net, spec, all_cfgs[name], tmp, **ev)
+                kw = all_cfgs[name] if budget is None or "crop_budget" in all_cfgs[name] else {"crop_budget": budget, **all_cfgs[name]}
+                row, stats, m = run_scene(g, net, spec, kw, tmp, **ev)
                 row["scene"] = scene.name
                 out["rows"].append({"config": name, **row, "seed": seed, "verifications": stats.get("verifications", 0)})
                 out.setdefault("per_item", []).extend(

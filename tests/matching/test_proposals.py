@@ -11,8 +11,10 @@ from recognizer.matching.proposals import (
     Blob,
     TableBackground,
     blobs_from_mask,
+    column_height,
     select_boxes,
     split_boxes,
+    window_boxes,
 )
 
 
@@ -72,6 +74,25 @@ def test_windows_pick_one_tight_window_per_touching_item():
     s[4, 0], s[5, 1] = 0.77, 0.72  # straddling windows half-see an item
     picked, rest = select_boxes(Blob(wins[0], wins), s, accept=0.6)
     assert picked == [1, 2, 3] and rest == []
+
+
+def test_windows_fit_the_items_when_an_item_lowered_from_above_makes_the_blob_tall():
+    # mask at scale 0.5: three 30 x 60 items side by side, and a 40-wide item being lowered onto the middle one
+    sub = np.zeros((110, 90), np.uint8)
+    sub[50:110, :] = 1
+    sub[0:50, 30:70] = 1
+    box = (0, 0, 180, 220)  # frame coordinates: the blob is 220 px tall, its items 120
+    assert column_height(sub) == 60
+    tall = window_boxes(box, sub, 0.5, (0.45, 0.7, 1.0), 0.34, 6, tall=None)
+    fitted = window_boxes(box, sub, 0.5, (0.45, 0.7, 1.0), 0.34, 6)
+    assert min(w[2] for w in tall[1:]) == 99  # 0.45 x 220: no window holds one 60 px item
+    assert sorted({w[2] for w in fitted[1:]}) == [54, 84, 120]  # 0.45, 0.7 and 1.0 x 120
+    # a blob as tall as its items keeps the box's height: no narrower windows (seams) than before
+    flat = np.ones((60, 90), np.uint8)
+    flat[:6, 40:50] = 0  # a slightly shorter item: median column height 60 (under 0.8 x 60 it is not)
+    assert window_boxes((0, 0, 180, 120), flat, 0.5, (0.45, 0.7), 0.34, 6) == window_boxes(
+        (0, 0, 180, 120), flat, 0.5, (0.45, 0.7), 0.34, 6, tall=None
+    )
 
 
 def test_a_lone_item_is_not_cut_by_a_half_that_resembles_a_distractor():

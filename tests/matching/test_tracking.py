@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from recognizer.matching.camera import UNKNOWN, CameraConfig, LabelTracker
+from recognizer.matching.camera import UNKNOWN, CameraConfig, LabelTracker, held_tracks
+from recognizer.matching.tracking import Track
 
 
 def _tracker(labels=("a", "b", "c"), verifier=None, **kw) -> LabelTracker:
@@ -125,3 +126,30 @@ def test_a_named_track_does_not_put_its_name_on_a_box_no_window_named_that_is_fa
     tr.update(0, 0.0, [(100, 0, 60, 80)], np.array([[0.9, 0.2, 0.1]]))
     tr.update(1, 0.0, [(95, 0, 70, 80)], np.array([[0.45, 0.2, 0.1]]), [True])  # a hand on the item alone
     assert [(t.track_id, t.label, t.missed) for t in tr.tracks] == [(1, "a", 0)]  # keeps its name and box
+
+
+def _track(tid: int, box, label: str, missed: int = 1, age: int = 20) -> Track:
+    return Track(tid, box, np.zeros(3, np.float32), label=label, missed=missed, age=age, announced=True)
+
+
+def test_an_item_under_a_hand_stays_shown_while_its_place_is_covered():
+    mask = np.zeros((200, 400), np.uint8)
+    mask[50:150, 0:300] = 255  # a hand over three items: one blob, no window named this frame
+    under = _track(1, (0, 50, 80, 100), "a")
+    lifted = _track(2, (310, 50, 80, 100), "b")  # its place is empty table now: taken away
+    young = _track(3, (100, 50, 80, 100), "c", age=3)  # seen 3 frames: maybe a seam's phantom
+    assert held_tracks([under, lifted, young], mask, frames=5) == {1}
+    assert held_tracks([_track(1, (0, 50, 80, 100), "a", missed=6)], mask, frames=5) == set()  # held 5 frames at most
+    assert held_tracks([under], None, frames=5) == set() and held_tracks([under], mask, frames=0) == set()
+
+
+def test_a_held_track_never_shows_a_name_twice_or_covers_an_item_shown_now():
+    mask = np.full((200, 400), 255, np.uint8)
+    seen = _track(1, (100, 50, 80, 100), "a", missed=0)
+    same_name = _track(2, (0, 50, 80, 100), "a")  # its name is on another box now
+    covered = _track(3, (110, 50, 80, 100), "b")  # its place is under the item shown now
+    beside = _track(4, (200, 50, 80, 100), "c")
+    assert held_tracks([seen, same_name, covered, beside], mask, frames=5) == {4}
+    # of two held tracks on one place, the one seen more recently
+    older, newer = _track(5, (300, 50, 80, 100), "d", missed=4), _track(6, (305, 50, 80, 100), "e", missed=1)
+    assert held_tracks([older, newer], mask, frames=5) == {6}
