@@ -54,6 +54,7 @@ class Track:
     verified_for: frozenset = field(default_factory=frozenset)  # the labels the cached result covers
     verifying: frozenset = field(default_factory=frozenset)  # labels asked for, the result not back yet
     verify_epoch: int = 0  # counts box jumps: a result for an older crop is dropped
+    item_w: int = 0  # width of the last box a window named that it took (0: none yet); a leftover box is judged against it
 
     def to_state(self) -> dict[str, Any]:
         """The track as one entry of the per-frame state stream."""
@@ -139,7 +140,8 @@ class LabelTracker:
                 ov = iou(tr.box, b)
                 if ov < cfg.iou_match:
                     continue
-                wider = max(b[2] / max(1, tr.box[2]), tr.box[2] / max(1, b[2]))
+                ref = tr.item_w or tr.box[2]  # not its last box: a track riding leftovers would widen with a hand
+                wider = max(b[2] / max(1, ref), ref / max(1, b[2]))
                 if coast_shape and wider > coast_shape and (tr.missed or (unnamed is not None and unnamed[bi] and tr.label != UNKNOWN)):
                     continue  # another item where a hidden one was, or a hand and neighbours where a named one is
                 aff = ov - (2.0 * max(0.0, float(scores[bi].max() - scores[bi, col])) if col is not None and scores.size else 0.0)
@@ -155,6 +157,8 @@ class LabelTracker:
                 tr.bonus, tr.verified_for, tr.verifying = None, frozenset(), frozenset()
                 tr.verify_epoch += 1
             tr.box = boxes[bi]
+            if unnamed is None or not unnamed[bi]:
+                tr.item_w = boxes[bi][2]
             tr.scores = cfg.ema * scores[bi] + (1 - cfg.ema) * tr.scores
             tr.missed = 0
             tr.age += 1
@@ -164,7 +168,8 @@ class LabelTracker:
             if ti not in used:
                 tr.missed += 1
         for bi in sorted(unmatched):
-            self.tracks.append(Track(self._next_id, boxes[bi], scores[bi].copy()))
+            named = unnamed is None or not unnamed[bi]
+            self.tracks.append(Track(self._next_id, boxes[bi], scores[bi].copy(), item_w=boxes[bi][2] if named else 0))
             self._next_id += 1
 
     def update(self, frame_index: int, t: float, boxes: list[Box], scores: np.ndarray,

@@ -128,6 +128,17 @@ def test_a_named_track_does_not_put_its_name_on_a_box_no_window_named_that_is_fa
     assert [(t.track_id, t.label, t.missed) for t in tr.tracks] == [(1, "a", 0)]  # keeps its name and box
 
 
+def test_a_named_track_does_not_widen_with_a_hand_one_leftover_at_a_time():
+    """Each leftover 1.5x the last one: judged against the width a window last named, not the last box."""
+    tr = _tracker(leave_frames=10, coast_shape=1.6)
+    tr.update(0, 0.0, [(100, 0, 60, 80)], np.array([[0.9, 0.2, 0.1]]))
+    widths = []
+    for f, w in enumerate((80, 120, 180), start=1):  # a hand sliding over the item and on
+        tr.update(f, 0.0, [(100, 0, w, 80)], np.array([[0.45, 0.2, 0.1]]), [True])
+        widths.append(next((t.box[2] for t in tr.tracks if t.label == "a" and t.missed == 0), None))
+    assert widths == [80, None, None]  # 120 and 180 are 2x and 3x the item's 60 px: not its box
+
+
 def _track(tid: int, box, label: str, missed: int = 1, age: int = 20) -> Track:
     return Track(tid, box, np.zeros(3, np.float32), label=label, missed=missed, age=age, announced=True)
 
