@@ -115,6 +115,10 @@ class CameraConfig:
             raise ValueError(f"frame_ms must be > 0 (or None: no budget), got {self.frame_ms}")
         if not 0 < self.ema <= 1:
             raise ValueError(f"ema must be in (0, 1], got {self.ema}")
+        if self.hold_frames < 0 or not 0 < self.hold_fill <= 1:
+            raise ValueError(f"hold_frames must be >= 0 and hold_fill in (0, 1], got {self.hold_frames}, {self.hold_fill}")
+        if self.window_tall is not None and not 0 < self.window_tall <= 1:
+            raise ValueError(f"window_tall must be in (0, 1] (or None: the box's height), got {self.window_tall}")
         if self.background not in BACKGROUNDS:
             raise ValueError(f"background {self.background!r} is not one of {', '.join(BACKGROUNDS)}")
         if self.verify not in VERIFY:

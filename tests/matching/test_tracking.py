@@ -164,3 +164,12 @@ def test_a_held_track_never_shows_a_name_twice_or_covers_an_item_shown_now():
     # of two held tracks on one place, the one seen more recently
     older, newer = _track(5, (300, 50, 80, 100), "d", missed=4), _track(6, (305, 50, 80, 100), "e", missed=1)
     assert held_tracks([older, newer], mask, frames=5) == {6}
+
+
+def test_bad_hold_and_window_settings_are_refused_by_name():
+    import pytest
+
+    for kw, field in (({"hold_frames": -1}, "hold_frames"), ({"hold_fill": 0.0}, "hold_fill"), ({"window_tall": 1.5}, "window_tall")):
+        with pytest.raises(ValueError, match=field):
+            CameraConfig(**kw)
+    assert CameraConfig(hold_frames=0, window_tall=None).hold_frames == 0
