@@ -34,7 +34,8 @@ from recognizer.cli import (
 )
 from recognizer.deploy.camera_backend import load_camera_embedder
 from recognizer.gallery import Gallery, GalleryError
-from recognizer.matching.camera import BACKGROUNDS, PROPOSALS, VERIFY, CameraConfig, latency_table, run_camera
+from recognizer.matching.camera import latency_table, run_camera
+from recognizer.matching.camera_config import BACKGROUNDS, PROPOSALS, VERIFY, CameraConfig
 from recognizer.models.model import ModelLoadError
 
 

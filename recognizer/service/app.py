@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from ..gallery import GalleryError, GalleryLockedError, UnknownItemError
-from ..matching.camera import CameraConfig
+from ..matching.camera_config import CameraConfig
 from .config import ServiceConfig
 from .core import PHOTO_PX, THUMB_PX, Service
 from .live import LiveSessions

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from ..gallery import Gallery
-from ..matching.camera import PROPOSALS, CameraConfig, CameraMatcher
+from ..matching.camera import CameraMatcher
+from ..matching.camera_config import PROPOSALS, CameraConfig
 from ..matching.settings import resolve_query
 from .metrics import Metrics
 from .security import ServiceError
