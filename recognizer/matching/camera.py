@@ -35,7 +35,7 @@ from .pipeline import Recognizer
 from .proposals import Blob, Proposer, item_aspects, select_boxes
 from .rerank import RerankConfig
 from .track_verify import TrackVerifier
-from .tracking import UNKNOWN, Box, Event, LabelTracker, Track, assign, iou
+from .tracking import UNKNOWN, Box, Event, LabelTracker, Track, assign, covered_columns, iou
 from .video import FrameSource
 from .window_pool import Scored, WindowPool
 
@@ -93,10 +93,7 @@ def held_tracks(tracks: Sequence[Track], mask: np.ndarray | None, frames: int, f
         part = mask[max(0, y) : max(0, y + h), max(0, x) : max(0, x + w)]
         if not part.size or (part > 0).mean() < fill:
             continue
-        taken = np.zeros(w, bool)
-        for bx, _, bw, _ in shown:
-            taken[max(0, bx - x) : max(0, bx + bw - x)] = True
-        if taken.mean() < 0.5:
+        if covered_columns(x, w, shown).mean() < 0.5:
             out.add(tr.track_id)
             shown.append(tr.box)
     return out

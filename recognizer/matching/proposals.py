@@ -41,7 +41,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .tracking import Box
+from .tracking import Box, covered_columns
 
 
 @dataclass
@@ -325,9 +325,7 @@ def select_boxes(blob: Blob, scores: np.ndarray, accept: float, nms: float = 0.5
 def _leftovers(blob: Blob, picked: list[Box], min_width: float = 0.45) -> list[Box]:
     """Runs of the blob's width that no picked window covers, as wide as ``min_width`` x its height."""
     x, y, w, h = blob.box
-    covered = np.zeros(w, bool)
-    for px, _, pw, _ in picked:
-        covered[max(0, px - x) : max(0, px - x + pw)] = True
+    covered = covered_columns(x, w, picked)
     out, start = [], None
     for i, c in enumerate(np.append(covered, True)):
         if not c and start is None:

@@ -15,7 +15,7 @@ per frame; the inliers found are cached on the track and added to its scores as 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,14 @@ def intersection(a: Box, b: Box) -> int:
     iw = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
     ih = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
     return iw * ih
+
+
+def covered_columns(x: int, w: int, boxes: Iterable[Box]) -> np.ndarray:
+    """Which of the ``w`` columns from ``x`` lie under any of the boxes (a bool per column)."""
+    out = np.zeros(w, bool)
+    for bx, _, bw, _ in boxes:
+        out[max(0, bx - x) : max(0, bx + bw - x)] = True
+    return out
 
 
 def iou(a: Box, b: Box) -> float:
@@ -132,6 +140,7 @@ class LabelTracker:
         one showing its item rather than the neighbour's."""
         cfg = self.cfg
         coast_shape = getattr(cfg, "coast_shape", None)
+        left = [False] * len(boxes) if unnamed is None else [bool(u) for u in unnamed]  # a part no window named
         unmatched = set(range(len(boxes)))
         pairs = []
         for ti, tr in enumerate(self.tracks):
@@ -142,7 +151,7 @@ class LabelTracker:
                     continue
                 ref = tr.item_w or tr.box[2]  # not its last box: a track riding leftovers would widen with a hand
                 wider = max(b[2] / max(1, ref), ref / max(1, b[2]))
-                if coast_shape and wider > coast_shape and (tr.missed or (unnamed is not None and unnamed[bi] and tr.label != UNKNOWN)):
+                if coast_shape and wider > coast_shape and (tr.missed or (left[bi] and tr.label != UNKNOWN)):
                     continue  # another item where a hidden one was, or a hand and neighbours where a named one is
                 aff = ov - (2.0 * max(0.0, float(scores[bi].max() - scores[bi, col])) if col is not None and scores.size else 0.0)
                 pairs.append((aff, ti, bi))
@@ -157,7 +166,7 @@ class LabelTracker:
                 tr.bonus, tr.verified_for, tr.verifying = None, frozenset(), frozenset()
                 tr.verify_epoch += 1
             tr.box = boxes[bi]
-            if unnamed is None or not unnamed[bi]:
+            if not left[bi]:
                 tr.item_w = boxes[bi][2]
             tr.scores = cfg.ema * scores[bi] + (1 - cfg.ema) * tr.scores
             tr.missed = 0
@@ -168,8 +177,7 @@ class LabelTracker:
             if ti not in used:
                 tr.missed += 1
         for bi in sorted(unmatched):
-            named = unnamed is None or not unnamed[bi]
-            self.tracks.append(Track(self._next_id, boxes[bi], scores[bi].copy(), item_w=boxes[bi][2] if named else 0))
+            self.tracks.append(Track(self._next_id, boxes[bi], scores[bi].copy(), item_w=0 if left[bi] else boxes[bi][2]))
             self._next_id += 1
 
     def update(self, frame_index: int, t: float, boxes: list[Box], scores: np.ndarray,

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .proposals import Blob
-from .tracking import Box, intersection, iou
+from .tracking import Box, covered_columns, intersection, iou
 
 
 @dataclass
@@ -125,10 +125,7 @@ class WindowPool:
             if not es:  # seen for the first time (or nothing of it is left): every window now
                 es[:] = [Scored(w, None) for w in b.windows]
                 continue
-            covered = np.zeros(b.box[2], bool)
-            for e in es:
-                if e.anchor:
-                    covered[max(0, e.box[0] - b.box[0]) : max(0, e.box[0] - b.box[0] + e.box[2])] = True
+            covered = covered_columns(b.box[0], b.box[2], (e.box for e in es if e.anchor))
             for n, w in enumerate(b.windows):
                 fresh = [e for e in es if iou(e.box, w) >= self.match]
                 if fresh and all(e.scores is None for e in fresh):
