@@ -68,7 +68,8 @@ def camera_configs() -> dict[str, Any]:
     (verification in the frame), ``no_coast_shape`` (a hidden track takes back a box of any
     width), ``no_hold`` (an item under a hand is hidden as soon as it loses its box, not held for
     5 frames), ``box_height`` (windows as wide as a share of the blob box's height even when an
-    item lowered from above makes it far taller than its items), ``windows_unpadded``, and the
+    item lowered from above makes it far taller than its items), ``no_part`` (two neighbouring windows
+    that fit in one item and score each other's item nearly as well may both be picked), ``windows_unpadded``, and the
     other ways of cutting a blob into items, all with the table background, grey-filled crops and
     the same tracker: ``foreground`` (a blob is one item), ``split`` (the mask split by watershed).
     """
@@ -78,7 +79,7 @@ def camera_configs() -> dict[str, Any]:
             "budget_3": {"crop_budget": 3}, "budget_4": {"crop_budget": 4}, "budget_6": {"crop_budget": 6},
             "anchor_1": {"anchor_every": 1, "explore_min": 2}, "anchor_2": {"anchor_every": 2},
             "explore_2": {"explore_min": 2}, "verify_inline": {"verify_lag": 0}, "no_coast_shape": {"coast_shape": None},
-            "no_hold": {"hold_frames": 0}, "box_height": {"window_tall": None},
+            "no_hold": {"hold_frames": 0}, "box_height": {"window_tall": None}, "no_part": {"part_margin": None},
             "windows_unpadded": {"square": False}, "foreground": {"proposals": "foreground"},
             "split": {"proposals": "split"}}  # fmt: skip
 

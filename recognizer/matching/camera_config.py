@@ -67,6 +67,7 @@ class CameraConfig:
     aspect_slack: float | None = 1.25  # windows: a blob no wider than this x the width of the item it names is one item (None: off)
     refresh_frames: int = 5  # windows: a window's scores are reused (moved with its blob) for at most this many frames
     shape_slack: float | None = 1.75  # windows: a window this much wider (narrower) than the item it names is never that item (1.5 and 2.0: worse, see #16)
+    part_margin: float | None = 0.03  # windows: two neighbouring windows that fit in one item are that item when one scores the other's item within this of its own best (None: off)
     keep_bonus: float = 0.1  # windows: last frame's items count this much more when a blob's items are picked
     search_on_change: bool = False  # windows: a blob that grew or shrank has its stale windows re-scored at once, over frame_ms
     anchor_every: int = 3  # windows: last frame's items in a steady blob are embedded again every this many frames (the stalest first; 1 and 2: #16)
@@ -89,6 +90,8 @@ class CameraConfig:
             raise ValueError(f"ema must be in (0, 1], got {self.ema}")
         if self.hold_frames < 0 or not 0 < self.hold_fill <= 1:
             raise ValueError(f"hold_frames must be >= 0 and hold_fill in (0, 1], got {self.hold_frames}, {self.hold_fill}")
+        if self.part_margin is not None and self.part_margin < 0:
+            raise ValueError(f"part_margin must be >= 0 (or None: off), got {self.part_margin}")
         if self.window_tall is not None and not 0 < self.window_tall <= 1:
             raise ValueError(f"window_tall must be in (0, 1] (or None: the box's height), got {self.window_tall}")
         if self.background not in BACKGROUNDS:

@@ -171,6 +171,25 @@ def test_a_window_far_wider_than_the_item_it_names_is_not_picked():
     assert select_boxes(Blob(wins[0], wins), s2, 0.5, aspects=aspects, aspect_slack=None, shape_slack=1.5)[0] == [2]
 
 
+def test_two_halves_of_one_item_are_not_two_items():
+    # a mug (aspect 1.0) 120 wide in a blob with a vase (aspect 0.6) on its left: the mug's left
+    # half names the mug, its right half a distractor (0.68) it scores the mug at almost as well
+    wins = [(0, 0, 180, 120), (0, 0, 60, 120), (60, 0, 70, 120), (120, 0, 60, 120), (60, 0, 120, 120)]
+    s = np.array([[0.0, 0.0, 0.0], [0.7, 0.3, 0.3], [0.3, 0.62, 0.4], [0.3, 0.66, 0.68], [0.3, 0.8, 0.5]], np.float32)
+    aspects = np.array([0.6, 1.0, 0.5], np.float32)  # vase, mug, distractor
+    keep = np.array([0.0, 0.1, 0.1, 0.1, 0.0], np.float32)  # last frame: vase, both halves
+
+    def pick(**kw):
+        return select_boxes(Blob(wins[0], wins), s, 0.5, aspects=aspects, aspect_slack=1.25, keep=keep, **kw)[0]
+
+    assert pick(part_margin=None) == [1, 2, 3]  # the distractor on the mug's right half
+    assert pick(part_margin=0.03) == [1, 4]  # vase and the whole mug
+    s[3, 1] = 0.5  # the right half looks far less like the mug than like the distractor: an item of its own
+    assert pick(part_margin=0.03) == [1, 2, 3]
+    s[3, 1], aspects[1] = 0.66, 0.5  # a narrow mug: the two halves together are wider than it, two items
+    assert pick(part_margin=0.03) == [1, 2, 3]
+
+
 def test_last_frames_items_stay_picked_unless_clearly_beaten():
     wins = [(0, 0, 200, 100), (0, 0, 100, 100), (0, 0, 140, 100)]  # the item's window, and a wider one
     s = np.array([[0.0], [0.70], [0.75]], np.float32)

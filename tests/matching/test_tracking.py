@@ -169,7 +169,8 @@ def test_a_held_track_never_shows_a_name_twice_or_covers_an_item_shown_now():
 def test_bad_hold_and_window_settings_are_refused_by_name():
     import pytest
 
-    for kw, field in (({"hold_frames": -1}, "hold_frames"), ({"hold_fill": 0.0}, "hold_fill"), ({"window_tall": 1.5}, "window_tall")):
+    for kw, field in (({"hold_frames": -1}, "hold_frames"), ({"hold_fill": 0.0}, "hold_fill"), ({"window_tall": 1.5}, "window_tall"),
+                      ({"part_margin": -0.1}, "part_margin")):
         with pytest.raises(ValueError, match=field):
             CameraConfig(**kw)
-    assert CameraConfig(hold_frames=0, window_tall=None).hold_frames == 0
+    assert CameraConfig(hold_frames=0, window_tall=None, part_margin=None).hold_frames == 0
