@@ -4,8 +4,9 @@ A track's item scores are an EMA over its frames; candidate items are assigned o
 to the visible tracks (Hungarian) when a candidate set is known; a label changes only after
 a challenger wins for ``switch_frames`` frames by ``switch_margin``; below the threshold it
 reads ``unknown``. A track that loses its box coasts (keeps its label, hidden) for
-``leave_frames`` frames before it leaves, so a hand passing over an item does not rename it.
-When the whole frame moves (a pan), the tracks' boxes move with it before association.
+``leave_frames`` frames before it leaves, so a hand passing over an item does not rename it;
+it coasts on at the speed its box moved while seen (``motion_ema``), as an item sliding under
+a hand does. When the whole frame moves (a pan), the tracks' boxes move with it before association.
 
 Verification per track: geometric verification of a track's best candidates (the gallery's
 stored local features) runs when the track is born and when its label is challenged, never
@@ -63,6 +64,8 @@ class Track:
     verifying: frozenset = field(default_factory=frozenset)  # labels asked for, the result not back yet
     verify_epoch: int = 0  # counts box jumps: a result for an older crop is dropped
     item_w: int = 0  # width of the last box a window named that it took (0: none yet); a leftover box is judged against it
+    vel: tuple[float, float] = (0.0, 0.0)  # px a frame its box moved while seen (EMA): a hidden track coasts on with it
+    drift: tuple[float, float] = (0.0, 0.0)  # sub-pixel part of that coasting, carried over
 
     def to_state(self) -> dict[str, Any]:
         """The track as one entry of the per-frame state stream."""
@@ -165,6 +168,8 @@ class LabelTracker:
                 # its box jumped: that verification was of another crop (and one under way is too)
                 tr.bonus, tr.verified_for, tr.verifying = None, frozenset(), frozenset()
                 tr.verify_epoch += 1
+            if tr.missed == 0 and not left[bi]:
+                self._motion(tr, boxes[bi])
             tr.box = boxes[bi]
             if not left[bi]:
                 tr.item_w = boxes[bi][2]
@@ -176,9 +181,30 @@ class LabelTracker:
         for ti, tr in enumerate(self.tracks):
             if ti not in used:
                 tr.missed += 1
+                self._coast(tr)
         for bi in sorted(unmatched):
             self.tracks.append(Track(self._next_id, boxes[bi], scores[bi].copy(), item_w=0 if left[bi] else boxes[bi][2]))
             self._next_id += 1
+
+    def _motion(self, tr: Track, b: Box) -> None:
+        """Learn how a seen track moves: its box's centre shift, when the box kept its width (a window
+        of another width moves the centre by itself), at most a quarter of its width a frame."""
+        a = getattr(self.cfg, "motion_ema", 0.0)
+        x, y, w, h = tr.box
+        if not a or abs(b[2] - w) > 0.2 * w:
+            return
+        cap = 0.25 * w
+        dx = float(np.clip(b[0] + b[2] / 2 - x - w / 2, -cap, cap))
+        dy = float(np.clip(b[1] + b[3] / 2 - y - h / 2, -cap, cap))
+        tr.vel = (a * dx + (1 - a) * tr.vel[0], a * dy + (1 - a) * tr.vel[1])
+
+    @staticmethod
+    def _coast(tr: Track) -> None:
+        """A hidden track moves on as it moved while seen (an item sliding under a hand)."""
+        fx, fy = tr.drift[0] + tr.vel[0], tr.drift[1] + tr.vel[1]
+        ix, iy = int(round(fx)), int(round(fy))
+        x, y, w, h = tr.box
+        tr.box, tr.drift = (x + ix, y + iy, w, h), (fx - ix, fy - iy)
 
     def update(self, frame_index: int, t: float, boxes: list[Box], scores: np.ndarray,
                unnamed: Sequence[bool] | None = None) -> list[Event]:  # fmt: skip

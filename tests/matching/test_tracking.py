@@ -24,6 +24,22 @@ def test_a_track_coasts_through_a_short_occlusion_and_keeps_its_name():
     assert [(t.track_id, t.label, t.missed) for t in tr.tracks] == [(1, "a", 0)]
 
 
+def test_a_hidden_track_moves_on_as_it_moved_while_seen():
+    def under_a_hand(boxes, **kw):  # seen on these boxes, then hidden for 6 frames: where is it?
+        tr = _tracker(leave_frames=10, **kw)
+        for f, b in enumerate(boxes):
+            tr.update(f, 0.0, [b], np.array([[0.9, 0.2, 0.1]]))
+        for f in range(len(boxes), len(boxes) + 6):
+            tr.update(f, 0.0, [], np.zeros((0, 3)))
+        return tr.tracks[0].box
+
+    sliding = [(200 - 5 * f, 10, 50, 50) for f in range(6)]  # 5 px a frame to the left
+    assert abs(under_a_hand(sliding, motion_ema=0.3)[0] - (200 - 5 * 11)) <= 8  # still over the item
+    assert under_a_hand(sliding, motion_ema=0.0)[0] == 175  # off: where it was last seen
+    # a window of another width moves the box's centre by itself: no motion learnt from it
+    assert under_a_hand([(100, 10, 50, 50), (100, 10, 80, 50)], motion_ema=1.0)[0] == 100
+
+
 def test_a_track_gone_longer_than_it_coasts_leaves():
     tr = _tracker(leave_frames=3)
     tr.update(0, 0.0, [(0, 0, 20, 20)], np.array([[0.9, 0.2, 0.1]]))
@@ -170,7 +186,7 @@ def test_bad_hold_and_window_settings_are_refused_by_name():
     import pytest
 
     for kw, field in (({"hold_frames": -1}, "hold_frames"), ({"hold_fill": 0.0}, "hold_fill"), ({"window_tall": 1.5}, "window_tall"),
-                      ({"part_margin": -0.1}, "part_margin")):
+                      ({"part_margin": -0.1}, "part_margin"), ({"motion_ema": 1.5}, "motion_ema")):
         with pytest.raises(ValueError, match=field):
             CameraConfig(**kw)
     assert CameraConfig(hold_frames=0, window_tall=None, part_margin=None).hold_frames == 0
