@@ -76,8 +76,9 @@ def ms_per_crop(rec: Recognizer) -> float:
 def held_tracks(tracks: Sequence[Track], mask: np.ndarray | None, frames: int, fill: float = 0.6, min_age: int = 10) -> set[int]:
     """Ids of named tracks that lost their box but whose place is still covered: a hand over the
     items, or items merged with it into one blob that no window could part this frame. They stay
-    shown at their last box for ``frames`` frames (#16: without it every item under the hand
-    vanished for a few frames; hand recall 0.935 -> 0.958 over 5 seeds). Not held: a track whose
+    shown where they coast (their last box, moved on as it moved) for ``frames`` frames (#16:
+    without it every item under the hand vanished for a few frames; hand recall 0.935 -> 0.958
+    over 5 seeds). Not held: a track whose
     place is empty (under ``fill`` of its box foreground in ``mask``: the item was taken away),
     whose columns are half under items shown now (what covers its place is them), whose name is
     shown on another box, or younger than ``min_age`` frames seen (a seam's short-lived phantom)."""
@@ -154,6 +155,24 @@ class StageTimes:
             for k, v in self.values.items()
             if v
         }
+
+
+def _fit_label(label: str, score: float, width: int) -> tuple[str, tuple[int, int]]:
+    """A box's caption no wider than ``width`` px where it can be (the name shortened with "..",
+    the score kept): a long name never hides the name on the next box, touching items' boxes sit
+    side by side."""
+    tail = f" {score:.2f}" if np.isfinite(score) else ""
+    name = label
+    if label == UNKNOWN:  # never shortened: its score goes first
+        text = label + tail
+        size = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)[0]
+        return (text, size) if size[0] + 4 <= width else (label, cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)[0])
+    while True:
+        text = name + (".." if name != label else "") + tail
+        size = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)[0]
+        if size[0] + 4 <= width or len(name) <= 4:
+            return text, size
+        name = name[:-1]
 
 
 class CameraMatcher:
@@ -339,8 +358,7 @@ class CameraMatcher:
             x, y, w, h = tr.box
             color = (0, 200, 0) if tr.label != UNKNOWN else (0, 0, 230)
             cv2.rectangle(out, (x, y), (x + w, y + h), color, 1 if tr.missed else 2)  # held (under a hand): thin
-            text = f"{tr.label} {tr.score:.2f}" if np.isfinite(tr.score) else tr.label
-            (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
+            text, (tw, th) = _fit_label(tr.label, tr.score, max(w, 72))
             ty = max(th + 4, y - 4)
             cv2.rectangle(out, (x, ty - th - 4), (x + tw + 4, ty + 3), color, -1)
             cv2.putText(

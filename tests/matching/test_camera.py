@@ -218,3 +218,12 @@ def test_the_embedder_is_timed_once_so_every_camera_on_it_gets_one_crop_budget()
     other = SimpleNamespace(model=Model(), query="crop:0.6", embed_arrays=rec.embed_arrays)
     ms_per_crop(other)
     assert len(calls) == 24  # another embedder is timed anew
+
+
+def test_a_long_name_is_shortened_to_its_box_so_it_never_hides_the_next_boxs_name():
+    from recognizer.matching.camera import _fit_label
+
+    text, (w, _) = _fit_label("Oatly-Natural-Oatghurt", 0.61, 72)
+    assert text.startswith("Oatly") and text.endswith(".. 0.61") and w + 4 <= 72
+    assert _fit_label("Oatly-Natural-Oatghurt", 0.61, 400)[0] == "Oatly-Natural-Oatghurt 0.61"
+    assert _fit_label("unknown", 0.34, 72)[0] == "unknown"  # the score gives way, never the word
