@@ -157,22 +157,19 @@ class StageTimes:
         }
 
 
-def _fit_label(label: str, score: float, width: int) -> tuple[str, tuple[int, int]]:
-    """A box's caption no wider than ``width`` px where it can be (the name shortened with "..",
-    the score kept): a long name never hides the name on the next box, touching items' boxes sit
-    side by side."""
+def fit_caption(label: str, score: float, width: int) -> tuple[str, tuple[int, int]]:
+    """A box's caption no wider than ``width`` px where it can be: a long name shortened with ".."
+    (the score kept), then for ``unknown`` the score dropped (the word is never cut)."""
     tail = f" {score:.2f}" if np.isfinite(score) else ""
-    name = label
-    if label == UNKNOWN:  # never shortened: its score goes first
-        text = label + tail
+    if label == UNKNOWN:
+        options = [label + tail, label]
+    else:
+        options = [label + tail] + [label[:k] + ".." + tail for k in range(len(label) - 3, 3, -1)]
+    for text in options:
         size = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)[0]
-        return (text, size) if size[0] + 4 <= width else (label, cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)[0])
-    while True:
-        text = name + (".." if name != label else "") + tail
-        size = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)[0]
-        if size[0] + 4 <= width or len(name) <= 4:
-            return text, size
-        name = name[:-1]
+        if size[0] + 4 <= width:
+            break
+    return text, size
 
 
 class CameraMatcher:
@@ -352,13 +349,14 @@ class CameraMatcher:
     def annotate(self, frame_bgr: np.ndarray, fps: float) -> np.ndarray:
         out = frame_bgr.copy()
         # unknown boxes first: a named item's label is never hidden under a neighbouring unknown's
-        for tr in sorted(self.tracker.tracks, key=lambda tr: tr.label != UNKNOWN):
+        # left to right: a caption wider than its box runs under the next box's caption, not over it
+        for tr in sorted(self.tracker.tracks, key=lambda tr: (tr.label != UNKNOWN, tr.box[0])):
             if tr.missed and tr.track_id not in self._held:
                 continue
             x, y, w, h = tr.box
             color = (0, 200, 0) if tr.label != UNKNOWN else (0, 0, 230)
             cv2.rectangle(out, (x, y), (x + w, y + h), color, 1 if tr.missed else 2)  # held (under a hand): thin
-            text, (tw, th) = _fit_label(tr.label, tr.score, max(w, 72))
+            text, (tw, th) = fit_caption(tr.label, tr.score, max(w, 72))
             ty = max(th + 4, y - 4)
             cv2.rectangle(out, (x, ty - th - 4), (x + tw + 4, ty + 3), color, -1)
             cv2.putText(

@@ -221,9 +221,10 @@ def test_the_embedder_is_timed_once_so_every_camera_on_it_gets_one_crop_budget()
 
 
 def test_a_long_name_is_shortened_to_its_box_so_it_never_hides_the_next_boxs_name():
-    from recognizer.matching.camera import _fit_label
+    from recognizer.matching.camera import fit_caption
 
-    text, (w, _) = _fit_label("Oatly-Natural-Oatghurt", 0.61, 72)
+    text, (w, _) = fit_caption("Oatly-Natural-Oatghurt", 0.61, 72)
     assert text.startswith("Oatly") and text.endswith(".. 0.61") and w + 4 <= 72
-    assert _fit_label("Oatly-Natural-Oatghurt", 0.61, 400)[0] == "Oatly-Natural-Oatghurt 0.61"
-    assert _fit_label("unknown", 0.34, 72)[0] == "unknown"  # the score gives way, never the word
+    assert fit_caption("Oatly-Natural-Oatghurt", 0.61, 400)[0] == "Oatly-Natural-Oatghurt 0.61"
+    assert fit_caption("obj45", 0.53, 72)[0] == "obj45 0.53"
+    assert fit_caption("unknown", 0.34, 72)[0] == "unknown"  # the score gives way, never the word
