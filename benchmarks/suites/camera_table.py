@@ -70,7 +70,8 @@ def camera_configs() -> dict[str, Any]:
     5 frames), ``box_height`` (windows as wide as a share of the blob box's height even when an
     item lowered from above makes it far taller than its items), ``no_part`` (two neighbouring windows
     that fit in one item and score each other's item nearly as well may both be picked), ``no_motion``
-    (a hidden track stays where it was last seen instead of moving on as it moved), ``windows_unpadded``, and the
+    (a hidden track stays where it was last seen instead of moving on as it moved), ``no_gate`` (a named
+    track may take a box that plainly shows a hidden track's item), ``windows_unpadded``, and the
     other ways of cutting a blob into items, all with the table background, grey-filled crops and
     the same tracker: ``foreground`` (a blob is one item), ``split`` (the mask split by watershed).
     """
@@ -81,7 +82,7 @@ def camera_configs() -> dict[str, Any]:
             "anchor_1": {"anchor_every": 1, "explore_min": 2}, "anchor_2": {"anchor_every": 2},
             "explore_2": {"explore_min": 2}, "verify_inline": {"verify_lag": 0}, "no_coast_shape": {"coast_shape": None},
             "no_hold": {"hold_frames": 0}, "box_height": {"window_tall": None}, "no_part": {"part_margin": None},
-            "no_motion": {"motion_ema": 0.0},
+            "no_motion": {"motion_ema": 0.0}, "no_gate": {"name_gate": None},
             "windows_unpadded": {"square": False}, "foreground": {"proposals": "foreground"},
             "split": {"proposals": "split"}}  # fmt: skip
 

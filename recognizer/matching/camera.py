@@ -35,7 +35,7 @@ from .pipeline import Recognizer
 from .proposals import Blob, Proposer, item_aspects, select_boxes
 from .rerank import RerankConfig
 from .track_verify import TrackVerifier
-from .tracking import UNKNOWN, Box, Event, LabelTracker, Track, assign, covered_columns, iou
+from .tracking import UNKNOWN, Box, Event, LabelTracker, Track, assign, covered_columns, intersection, iou
 from .video import FrameSource
 from .window_pool import Scored, WindowPool
 
@@ -170,6 +170,18 @@ def fit_caption(label: str, score: float, width: int) -> tuple[str, tuple[int, i
         if size[0] + 4 <= width:
             break
     return text, size
+
+
+def caption_row(placed: Sequence[Box], x: int, ty: int, w: int, h: int) -> int:
+    """Baseline for a ``w`` x ``h`` caption at ``x``: its box's top (``ty``), else the nearest row
+    above (or, where the frame's top leaves no room, below) that no caption already drawn takes:
+    touching items' names stack, none hides another."""
+    rows = [ty - k * h for k in range(len(placed) + 1) if ty - k * h >= h - 3]
+    rows += [ty + k * h for k in range(1, len(placed) + 1)]
+    for row in rows:
+        if not any(intersection((x, row - h + 3, w, h), p) for p in placed):
+            return row
+    return ty
 
 
 class CameraMatcher:
@@ -350,6 +362,7 @@ class CameraMatcher:
         out = frame_bgr.copy()
         # unknown boxes first: a named item's label is never hidden under a neighbouring unknown's
         # left to right: a caption wider than its box runs under the next box's caption, not over it
+        placed: list[Box] = []  # captions drawn so far
         for tr in sorted(self.tracker.tracks, key=lambda tr: (tr.label != UNKNOWN, tr.box[0])):
             if tr.missed and tr.track_id not in self._held:
                 continue
@@ -357,7 +370,8 @@ class CameraMatcher:
             color = (0, 200, 0) if tr.label != UNKNOWN else (0, 0, 230)
             cv2.rectangle(out, (x, y), (x + w, y + h), color, 1 if tr.missed else 2)  # held (under a hand): thin
             text, (tw, th) = fit_caption(tr.label, tr.score, max(w, 72))
-            ty = max(th + 4, y - 4)
+            ty = caption_row(placed, x, max(th + 4, y - 4), tw + 4, th + 7)
+            placed.append((x, ty - th - 4, tw + 4, th + 7))
             cv2.rectangle(out, (x, ty - th - 4), (x + tw + 4, ty + 3), color, -1)
             cv2.putText(
                 out, text, (x + 2, ty), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA

@@ -46,6 +46,7 @@ class CameraConfig:
     hold_fill: float = 0.6  # ... covered: this share of its box is foreground
     hold_age: int = 10  # ... only a track this many frames old (a short-lived one may be a phantom on a seam)
     iou_match: float = 0.25
+    name_gate: float | None = 0.15  # a named track never takes a box that scores a hidden track's item this much above its own: that item is back (None: off)
     motion_ema: float = 0.3  # a track's velocity while seen (EMA weight of the newest frame): a hidden track coasts on with it (0: it stays put)
     coast_shape: float | None = 1.6  # a hidden track takes back, and a named one takes a box no window named (a hand), only a box at most this much wider or narrower
     threshold: float | None = None  # default: the gallery's, but at least ``min_score``
@@ -93,6 +94,8 @@ class CameraConfig:
             raise ValueError(f"hold_frames must be >= 0 and hold_fill in (0, 1], got {self.hold_frames}, {self.hold_fill}")
         if not 0 <= self.motion_ema <= 1:
             raise ValueError(f"motion_ema must be in [0, 1] (0: hidden tracks stay put), got {self.motion_ema}")
+        if self.name_gate is not None and self.name_gate < 0:
+            raise ValueError(f"name_gate must be >= 0 (or None: off), got {self.name_gate}")
         if self.part_margin is not None and self.part_margin < 0:
             raise ValueError(f"part_margin must be >= 0 (or None: off), got {self.part_margin}")
         if self.window_tall is not None and not 0 < self.window_tall <= 1:

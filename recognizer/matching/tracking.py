@@ -6,7 +6,9 @@ a challenger wins for ``switch_frames`` frames by ``switch_margin``; below the t
 reads ``unknown``. A track that loses its box coasts (keeps its label, hidden) for
 ``leave_frames`` frames before it leaves, so a hand passing over an item does not rename it;
 it coasts on at the speed its box moved while seen (``motion_ema``), as an item sliding under
-a hand does. When the whole frame moves (a pan), the tracks' boxes move with it before association.
+a hand does. A named track never takes a box that plainly shows a hidden track's item
+(``name_gate``): that item is back, and its own track takes the box over. When the whole frame
+moves (a pan), the tracks' boxes move with it before association.
 
 Verification per track: geometric verification of a track's best candidates (the gallery's
 stored local features) runs when the track is born and when its label is challenged, never
@@ -140,9 +142,15 @@ class LabelTracker:
     def _associate(self, boxes: list[Box], scores: np.ndarray, unnamed: Sequence[bool] | None = None) -> None:
         """Boxes to tracks by overlap (IoU >= ``iou_match``), best pairs first, where a named track
         prefers the box that scores its item near that box's best: of two overlapping boxes, the
-        one showing its item rather than the neighbour's."""
+        one showing its item rather than the neighbour's. A box whose best item is a hidden track's,
+        by more than ``name_gate`` over a named track's own, is not that track's to take: it is born
+        anew and :meth:`_reidentify` gives it to the hidden item's track (an item coming out from
+        under a hand beside its neighbour)."""
         cfg = self.cfg
         coast_shape = getattr(cfg, "coast_shape", None)
+        gate = getattr(cfg, "name_gate", None)
+        hidden = {tr.label for tr in self.tracks if tr.missed and tr.announced and tr.label != UNKNOWN}
+        best = [self.labels[int(j)] for j in scores.argmax(axis=1)] if scores.size else [UNKNOWN] * len(boxes)
         left = [False] * len(boxes) if unnamed is None else [bool(u) for u in unnamed]  # a part no window named
         unmatched = set(range(len(boxes)))
         pairs = []
@@ -156,7 +164,10 @@ class LabelTracker:
                 wider = max(b[2] / max(1, ref), ref / max(1, b[2]))
                 if coast_shape and wider > coast_shape and (tr.missed or (left[bi] and tr.label != UNKNOWN)):
                     continue  # another item where a hidden one was, or a hand and neighbours where a named one is
-                aff = ov - (2.0 * max(0.0, float(scores[bi].max() - scores[bi, col])) if col is not None and scores.size else 0.0)
+                gap = float(scores[bi].max() - scores[bi, col]) if col is not None and scores.size else 0.0
+                if gate is not None and tr.announced and gap > gate and best[bi] in hidden:
+                    continue  # a hidden item's box: the named track coasts, the box is born anew (and reidentified)
+                aff = ov - 2.0 * max(0.0, gap)
                 pairs.append((aff, ti, bi))
         pairs.sort(reverse=True)
         used: set[int] = set()

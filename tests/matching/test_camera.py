@@ -228,3 +228,14 @@ def test_a_long_name_is_shortened_to_its_box_so_it_never_hides_the_next_boxs_nam
     assert fit_caption("Oatly-Natural-Oatghurt", 0.61, 400)[0] == "Oatly-Natural-Oatghurt 0.61"
     assert fit_caption("obj45", 0.53, 72)[0] == "obj45 0.53"
     assert fit_caption("unknown", 0.34, 72)[0] == "unknown"  # the score gives way, never the word
+
+
+def test_touching_items_names_stack_so_none_hides_another():
+    from recognizer.matching.camera import caption_row
+
+    assert caption_row([], 100, 150, 90, 20) == 150
+    first = (100, 150 - 17, 90, 20)  # the caption drawn at (100, 150)
+    assert caption_row([first], 160, 150, 90, 20) == 130  # overlaps it: one row up
+    assert caption_row([first], 200, 150, 90, 20) == 150  # clear of it: its own row
+    top = (100, 18 - 17, 90, 20)  # a box at the frame's top: no room above, so a row below
+    assert caption_row([top], 150, 18, 90, 20) == 38

@@ -40,6 +40,24 @@ def test_a_hidden_track_moves_on_as_it_moved_while_seen():
     assert under_a_hand([(100, 10, 50, 50), (100, 10, 80, 50)], motion_ema=1.0)[0] == 100
 
 
+def test_a_box_showing_a_hidden_item_goes_back_to_that_items_track_not_to_its_named_neighbour():
+    def after_a_hand(**kw):  # 'a' and 'b' touch; a hand hides 'b', then uncovers it where 'a''s track overlaps it
+        tr = _tracker(leave_frames=10, motion_ema=0.0, **kw)
+        a, b = (100, 0, 60, 60), (160, 0, 60, 60)
+        for f in range(3):
+            tr.update(f, 0.0, [a, b], np.array([[0.9, 0.2, 0.1], [0.2, 0.9, 0.1]]))
+        ids = {t.label: t.track_id for t in tr.tracks}
+        tr.update(3, 0.0, [a], np.array([[0.9, 0.2, 0.1]]))  # 'b' hidden: it coasts
+        # 'a' hidden now, 'b' seen again on a box shifted towards 'a' (IoU 0.2 with 'b''s, 0.5 with 'a''s)
+        tr.update(4, 0.0, [(120, 0, 60, 60)], np.array([[0.3, 0.9, 0.1]]))
+        return {t.track_id: (t.label, t.missed) for t in tr.tracks}, ids
+
+    tracks, ids = after_a_hand()
+    assert tracks == {ids["b"]: ("b", 0), ids["a"]: ("a", 1)}  # 'b' is back on its own track, 'a' coasts
+    tracks, ids = after_a_hand(name_gate=None)  # off: 'a''s track takes the box and keeps its name on it
+    assert tracks[ids["a"]] == ("a", 0)
+
+
 def test_a_track_gone_longer_than_it_coasts_leaves():
     tr = _tracker(leave_frames=3)
     tr.update(0, 0.0, [(0, 0, 20, 20)], np.array([[0.9, 0.2, 0.1]]))
@@ -186,7 +204,8 @@ def test_bad_hold_and_window_settings_are_refused_by_name():
     import pytest
 
     for kw, field in (({"hold_frames": -1}, "hold_frames"), ({"hold_fill": 0.0}, "hold_fill"), ({"window_tall": 1.5}, "window_tall"),
-                      ({"part_margin": -0.1}, "part_margin"), ({"motion_ema": 1.5}, "motion_ema")):
+                      ({"part_margin": -0.1}, "part_margin"), ({"motion_ema": 1.5}, "motion_ema"),
+                      ({"name_gate": -0.1}, "name_gate")):
         with pytest.raises(ValueError, match=field):
             CameraConfig(**kw)
     assert CameraConfig(hold_frames=0, window_tall=None, part_margin=None).hold_frames == 0
