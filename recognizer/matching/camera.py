@@ -362,17 +362,21 @@ class CameraMatcher:
         out = frame_bgr.copy()
         # unknown boxes first: a named item's label is never hidden under a neighbouring unknown's
         # left to right: a caption wider than its box runs under the next box's caption, not over it
-        placed: list[Box] = []  # captions drawn so far
-        for tr in sorted(self.tracker.tracks, key=lambda tr: (tr.label != UNKNOWN, tr.box[0])):
-            if tr.missed and tr.track_id not in self._held:
-                continue
+        shown = [
+            tr for tr in sorted(self.tracker.tracks, key=lambda tr: (tr.label != UNKNOWN, tr.box[0]))
+            if not tr.missed or tr.track_id in self._held
+        ]  # fmt: skip
+        color = {tr.track_id: (0, 200, 0) if tr.label != UNKNOWN else (0, 0, 230) for tr in shown}
+        for tr in shown:  # every box first: no box's outline is drawn across a caption
             x, y, w, h = tr.box
-            color = (0, 200, 0) if tr.label != UNKNOWN else (0, 0, 230)
-            cv2.rectangle(out, (x, y), (x + w, y + h), color, 1 if tr.missed else 2)  # held (under a hand): thin
+            cv2.rectangle(out, (x, y), (x + w, y + h), color[tr.track_id], 1 if tr.missed else 2)  # held: thin
+        placed: list[Box] = []  # captions drawn so far
+        for tr in shown:
+            x, y, w, _ = tr.box
             text, (tw, th) = fit_caption(tr.label, tr.score, max(w, 72))
             ty = caption_row(placed, x, max(th + 4, y - 4), tw + 4, th + 7)
             placed.append((x, ty - th - 4, tw + 4, th + 7))
-            cv2.rectangle(out, (x, ty - th - 4), (x + tw + 4, ty + 3), color, -1)
+            cv2.rectangle(out, (x, ty - th - 4), (x + tw + 4, ty + 3), color[tr.track_id], -1)
             cv2.putText(
                 out, text, (x + 2, ty), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA
             )
