@@ -78,10 +78,10 @@ def held_tracks(tracks: Sequence[Track], mask: np.ndarray | None, frames: int, f
     items, or items merged with it into one blob that no window could part this frame. They stay
     shown where they coast (their last box, moved on as it moved) for ``frames`` frames (#16:
     without it every item under the hand vanished for a few frames; hand recall 0.935 -> 0.958
-    over 5 seeds). Not held: a track whose
-    place is empty (under ``fill`` of its box foreground in ``mask``: the item was taken away),
-    whose columns are half under items shown now (what covers its place is them), whose name is
-    shown on another box, or younger than ``min_age`` frames seen (a seam's short-lived phantom)."""
+    over 5 seeds). Not held: a track whose place is empty (under ``fill`` of its box foreground
+    in ``mask``: the item was taken away), whose columns are half under items shown now (what
+    covers its place is them), whose name is shown on another box, or younger than ``min_age``
+    frames seen (a seam's short-lived phantom)."""
     if mask is None or not frames:
         return set()
     shown = [tr.box for tr in tracks if tr.missed == 0 and tr.label != UNKNOWN]
@@ -361,7 +361,7 @@ class CameraMatcher:
     def annotate(self, frame_bgr: np.ndarray, fps: float) -> np.ndarray:
         out = frame_bgr.copy()
         # unknown boxes first: a named item's label is never hidden under a neighbouring unknown's
-        # left to right: a caption wider than its box runs under the next box's caption, not over it
+        # left to right: each caption takes the lowest row free of those drawn (caption_row)
         shown = [
             tr for tr in sorted(self.tracker.tracks, key=lambda tr: (tr.label != UNKNOWN, tr.box[0]))
             if not tr.missed or tr.track_id in self._held
