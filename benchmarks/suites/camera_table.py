@@ -71,7 +71,8 @@ def camera_configs() -> dict[str, Any]:
     item lowered from above makes it far taller than its items), ``no_part`` (two neighbouring windows
     that fit in one item and score each other's item nearly as well may both be picked), ``no_motion``
     (a hidden track stays where it was last seen instead of moving on as it moved), ``no_gate`` (a named
-    track may take a box that plainly shows a hidden track's item), ``windows_unpadded``, and the
+    track may take a box that plainly shows a hidden track's item), ``lost_renamed`` (a track whose
+    name another track took takes its next best name at once), ``windows_unpadded``, and the
     other ways of cutting a blob into items, all with the table background, grey-filled crops and
     the same tracker: ``foreground`` (a blob is one item), ``split`` (the mask split by watershed).
     """
@@ -83,6 +84,7 @@ def camera_configs() -> dict[str, Any]:
             "explore_2": {"explore_min": 2}, "verify_inline": {"verify_lag": 0}, "no_coast_shape": {"coast_shape": None},
             "no_hold": {"hold_frames": 0}, "box_height": {"window_tall": None}, "no_part": {"part_margin": None},
             "no_motion": {"motion_ema": 0.0}, "no_gate": {"name_gate": None},
+            "lost_renamed": {"lost_to_unknown": False},
             "windows_unpadded": {"square": False}, "foreground": {"proposals": "foreground"},
             "split": {"proposals": "split"}}  # fmt: skip
 

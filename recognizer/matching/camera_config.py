@@ -46,6 +46,7 @@ class CameraConfig:
     hold_fill: float = 0.6  # ... covered: this share of its box is foreground
     hold_age: int = 10  # ... only a track this many frames old (a short-lived one may be a phantom on a seam)
     iou_match: float = 0.25
+    lost_to_unknown: bool = True  # a track whose name went to another track reads unknown at once, and a next name must win switch_frames frames like any challenger (False: its next best name at once)
     name_gate: float | None = 0.15  # a named track never takes a box that scores a hidden track's item this much above its own: that item is back (None: off)
     motion_ema: float = 0.3  # a track's velocity while seen (EMA weight of the newest frame): a hidden track coasts on with it (0: it stays put)
     coast_shape: float | None = 1.6  # a hidden track takes back, and a named one takes a box no window named (a hand), only a box at most this much wider or narrower

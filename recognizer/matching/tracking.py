@@ -3,7 +3,8 @@
 A track's item scores are an EMA over its frames; candidate items are assigned one-to-one
 to the visible tracks (Hungarian) when a candidate set is known; a label changes only after
 a challenger wins for ``switch_frames`` frames by ``switch_margin``; below the threshold it
-reads ``unknown``. A track that loses its box coasts (keeps its label, hidden) for
+reads ``unknown``. A name another track takes (one-to-one) is given up at once: the track
+reads ``unknown`` until a next name wins like any challenger (``lost_to_unknown``). A track that loses its box coasts (keeps its label, hidden) for
 ``leave_frames`` frames before it leaves, so a hand passing over an item does not rename it;
 it coasts on at the speed its box moved while seen (``motion_ema``), as an item sliding under
 a hand does. A named track never takes a box that plainly shows a hidden track's item
@@ -260,7 +261,11 @@ class LabelTracker:
                 proposal, s = tr.label, float(self._scores(tr)[cur])  # a challenger must win clearly
             if proposal != UNKNOWN and not tr.announced:
                 self._reidentify(tr, proposal)
-            events += self._hysteresis(tr, proposal, s, frame_index, t, now=lost)
+            if lost and proposal != UNKNOWN and getattr(cfg, "lost_to_unknown", False):
+                # a track that showed a name another track has more right to was on the wrong box:
+                # it reads unknown now, and its next name must win like any challenger
+                events += self._hysteresis(tr, UNKNOWN, s, frame_index, t, now=True)
+            events += self._hysteresis(tr, proposal, s, frame_index, t, now=lost and tr.label != UNKNOWN)
         return events
 
     def _reidentify(self, tr: Track, label: str) -> None:

@@ -66,13 +66,19 @@ def test_a_track_gone_longer_than_it_coasts_leaves():
 
 
 def test_one_name_is_never_shown_on_two_tracks():
-    tr = _tracker(switch_frames=5)
-    b1, b2 = (0, 0, 40, 40), (100, 0, 40, 40)
-    tr.update(0, 0.0, [b1], np.array([[0.80, 0.3, 0.2]]))
-    # a second object appears; it is 'a' far more than the first, which is really 'b'
-    tr.update(1, 0.0, [b1, b2], np.array([[0.70, 0.68, 0.2], [0.95, 0.3, 0.2]]))
-    labels = [t.label for t in tr.tracks if t.announced]
-    assert sorted(labels) == ["a", "b"], labels  # the first gave 'a' up at once instead of after 5 frames
+    def named(**kw):  # the labels shown after each of the frames where the first track gives 'a' up
+        tr = _tracker(switch_frames=3, **kw)
+        b1, b2 = (0, 0, 40, 40), (100, 0, 40, 40)
+        tr.update(0, 0.0, [b1], np.array([[0.80, 0.3, 0.2]]))
+        out = []
+        for f in range(1, 5):  # a second object appears; it is 'a' far more than the first, which is really 'b'
+            tr.update(f, 0.0, [b1, b2], np.array([[0.70, 0.68, 0.2], [0.95, 0.3, 0.2]]))
+            out.append([t.label for t in sorted(tr.tracks, key=lambda t: t.box[0]) if t.announced])
+        return out
+
+    # 'a' given up at once (not after switch_frames), never shown twice; 'b' must then win 3 frames
+    assert named() == [["unknown", "a"], ["unknown", "a"], ["b", "a"], ["b", "a"]]
+    assert named(lost_to_unknown=False) == [["b", "a"]] * 4  # off: the next best name at once
 
 
 def test_nothing_like_a_candidate_is_unknown():
