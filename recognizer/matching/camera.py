@@ -376,7 +376,8 @@ class CameraMatcher:
             text, (tw, th) = fit_caption(tr.label, tr.score, max(w, 72))
             ty = caption_row(placed, x, max(th + 4, y - 4), tw + 4, th + 7)
             placed.append((x, ty - th - 4, tw + 4, th + 7))
-            cv2.rectangle(out, (x, ty - th - 4), (x + tw + 4, ty + 3), color[tr.track_id], -1)
+            px, py, pw, ph = placed[-1]
+            cv2.rectangle(out, (px, py), (px + pw, py + ph), color[tr.track_id], -1)
             cv2.putText(
                 out, text, (x + 2, ty), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA
             )

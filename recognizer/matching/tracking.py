@@ -150,8 +150,8 @@ class LabelTracker:
         cfg = self.cfg
         coast_shape = getattr(cfg, "coast_shape", None)
         gate = getattr(cfg, "name_gate", None)
-        hidden = {tr.label for tr in self.tracks if tr.missed and tr.announced and tr.label != UNKNOWN}
-        best = [self.labels[int(j)] for j in scores.argmax(axis=1)] if scores.size else [UNKNOWN] * len(boxes)
+        hidden = {tr.label for tr in self.tracks if tr.missed and tr.announced and tr.label != UNKNOWN} if gate is not None else set()
+        best = [self.labels[int(j)] for j in scores.argmax(axis=1)] if hidden and scores.size else [UNKNOWN] * len(boxes)
         left = [False] * len(boxes) if unnamed is None else [bool(u) for u in unnamed]  # a part no window named
         unmatched = set(range(len(boxes)))
         pairs = []
@@ -265,7 +265,8 @@ class LabelTracker:
                 # a track that showed a name another track has more right to was on the wrong box:
                 # it reads unknown now, and its next name must win like any challenger
                 events += self._hysteresis(tr, UNKNOWN, s, frame_index, t, now=True)
-            events += self._hysteresis(tr, proposal, s, frame_index, t, now=lost and tr.label != UNKNOWN)
+                lost = False  # given up: the next name waits like any challenger's
+            events += self._hysteresis(tr, proposal, s, frame_index, t, now=lost)
         return events
 
     def _reidentify(self, tr: Track, label: str) -> None:
