@@ -72,7 +72,11 @@ def camera_configs() -> dict[str, Any]:
     that fit in one item and score each other's item nearly as well may both be picked), ``no_motion``
     (a hidden track stays where it was last seen instead of moving on as it moved), ``no_gate`` (a named
     track may take a box that plainly shows a hidden track's item), ``lost_renamed`` (a track whose
-    name another track took takes its next best name at once), ``windows_unpadded``, and the
+    name another track took takes its next best name at once), ``no_edge`` (a track hidden at the
+    frame's edge coasts like any other instead of leaving: an item put down where one was lifted
+    away takes its name), ``no_look`` (boxes go to tracks by overlap and the gallery's scores only,
+    not by how each track's item looks in the scene), ``no_edge_look`` (neither: the camera before
+    both), ``windows_unpadded``, and the
     other ways of cutting a blob into items, all with the table background, grey-filled crops and
     the same tracker: ``foreground`` (a blob is one item), ``split`` (the mask split by watershed).
     """
@@ -84,7 +88,8 @@ def camera_configs() -> dict[str, Any]:
             "explore_2": {"explore_min": 2}, "verify_inline": {"verify_lag": 0}, "no_coast_shape": {"coast_shape": None},
             "no_hold": {"hold_frames": 0}, "box_height": {"window_tall": None}, "no_part": {"part_margin": None},
             "no_motion": {"motion_ema": 0.0}, "no_gate": {"name_gate": None},
-            "lost_renamed": {"lost_to_unknown": False},
+            "lost_renamed": {"lost_to_unknown": False}, "no_edge": {"edge_leave": None}, "no_look": {"look_weight": 0.0},
+            "no_edge_look": {"edge_leave": None, "look_weight": 0.0},
             "windows_unpadded": {"square": False}, "foreground": {"proposals": "foreground"},
             "split": {"proposals": "split"}}  # fmt: skip
 

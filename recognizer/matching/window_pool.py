@@ -37,6 +37,7 @@ class Scored:
     age: int = 0  # frames since it was scored
     anchor: bool = False  # picked as an item last frame: scored again every frame (or every anchor_every)
     skipped: int = 0  # an anchor: frames since it was last embedded
+    emb: np.ndarray | None = None  # its embedding (a track's look is learnt from it)
 
 
 def _inside(a: Box, b: Box) -> float:
@@ -113,7 +114,7 @@ class WindowPool:
                     box = (int(round(e.box[0] + dx)), int(round(e.box[1] + dy)), e.box[2], e.box[3])
                 for k, b in enumerate(blobs):  # the blob it now lies in (a blob may have split)
                     if _inside(box, b.box) >= 0.6:
-                        carried[k].append(Scored(_clip(box, b.box), e.scores, e.age + 1, e.anchor and steady, e.skipped + 1))
+                        carried[k].append(Scored(_clip(box, b.box), e.scores, e.age + 1, e.anchor and steady, e.skipped + 1, e.emb))
                         break
         # the items: scored afresh, every frame (anchor_every 1), or the stalest 1/anchor_every of them
         anchors = sorted((e for es in carried for e in es if e.anchor), key=lambda e: -e.skipped)
@@ -154,4 +155,4 @@ class WindowPool:
         self.entries = []
         for es, pk in zip(carried, picked, strict=True):
             keep = set(pk)
-            self.entries.append([Scored(e.box, e.scores, e.age, i in keep, e.skipped) for i, e in enumerate(es) if e.scores is not None])
+            self.entries.append([Scored(e.box, e.scores, e.age, i in keep, e.skipped, e.emb) for i, e in enumerate(es) if e.scores is not None])
