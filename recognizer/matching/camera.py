@@ -38,7 +38,7 @@ from .rerank import RerankConfig
 from .track_verify import TrackVerifier
 from .tracking import UNKNOWN, Box, Event, LabelTracker, Track, assign, covered_columns, intersection, iou
 from .video import FrameSource
-from .window_pool import Scored, WindowPool
+from .window_pool import Scored, WindowPool, thumb
 
 __all__ = ["BACKGROUNDS", "PROPOSALS", "UNKNOWN", "VERIFY", "Box", "CameraConfig", "CameraMatcher", "Event", "LabelTracker",
            "Track", "assign", "held_tracks", "iou", "label_accuracy", "latency_table", "run_camera"]  # fmt: skip
@@ -225,7 +225,7 @@ class CameraMatcher:
         self._held: set[int] = set()  # tracks shown though they lost their box this frame (:func:`held_tracks`)
         budget = self.cfg.crop_budget or (self._crop_budget() if self.cfg.proposals == "windows" else None)
         self.pool = WindowPool(self.cfg.refresh_frames, budget, explore=self.cfg.explore_min,
-                               burst=self.cfg.search_on_change, anchor_every=self.cfg.anchor_every)  # fmt: skip
+                               burst=self.cfg.search_on_change, anchor_every=self.cfg.anchor_every, change=self.cfg.stale_change)  # fmt: skip
 
     def _verify_config(self) -> RerankConfig | None:
         method = self.cfg.verify
@@ -258,7 +258,9 @@ class CameraMatcher:
         if dx or dy:
             self.tracker.shift(dx, dy)
             self.pool.shift(dx, dy)
-        plan = self.pool.plan(blobs) if self.cfg.proposals == "windows" else [[Scored(w, None) for w in b.windows] for b in blobs]
+        gray = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY) if self.pool.change is not None else None
+        sig = (lambda b: thumb(gray, b)) if gray is not None else None  # noqa: E731
+        plan = self.pool.plan(blobs, sig) if self.cfg.proposals == "windows" else [[Scored(w, None) for w in b.windows] for b in blobs]
         t1 = time.perf_counter()
         rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
         self._rgb = rgb
@@ -276,7 +278,7 @@ class CameraMatcher:
             scores = self.rec.verify(self.candidates, scores, lambda i: crops[i])
             emb = pool_view_embeddings(views.emb, views.n_views) if (views.n_views > 1).any() else views.emb
             for e, row, v in zip(todo, scores, emb, strict=True):
-                e.scores, e.emb = row, v
+                e.scores, e.emb, e.sig = row, v, None if sig is None else sig(e.box)
         boxes, rows, unnamed, embs = self._select(blobs, plan)
         t3 = time.perf_counter()
         events = self.tracker.update(index, t, boxes, rows, unnamed, embs, view=(0, 0, frame_bgr.shape[1], frame_bgr.shape[0]))

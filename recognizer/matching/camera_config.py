@@ -76,6 +76,7 @@ class CameraConfig:
     part_margin: float | None = 0.03  # windows: two neighbouring windows that fit in one item are that item when one scores the other's item within this of its own best (None: off)
     keep_bonus: float = 0.1  # windows: last frame's items count this much more when a blob's items are picked
     search_on_change: bool = False  # windows: a blob that grew or shrank has its stale windows re-scored at once, over frame_ms
+    stale_change: float | None = 0.5  # windows: a pooled window whose 8x8 thumbnail changed by more than this (1 - correlation) since it was embedded is stale (a hand came or went): an item's is embedded again now, another window dropped (None: off)
     anchor_every: int = 3  # windows: last frame's items in a steady blob are embedded again every this many frames (the stalest first; 1 and 2: #16)
     explore_min: int = 3  # windows: windows explored a frame beyond the items embedded again, at least
     crop_budget: int | None = None  # windows: crops a frame, fixed (None: from frame_ms and the embedder's speed at start)
@@ -102,6 +103,8 @@ class CameraConfig:
             raise ValueError(f"name_gate must be >= 0 (or None: off), got {self.name_gate}")
         if self.look_weight < 0 or not 0 < self.look_ema <= 1:
             raise ValueError(f"look_weight must be >= 0 (0: off) and look_ema in (0, 1], got {self.look_weight}, {self.look_ema}")
+        if self.stale_change is not None and not 0 < self.stale_change <= 2:
+            raise ValueError(f"stale_change must be in (0, 2] (1 - correlation; or None: off), got {self.stale_change}")
         if self.edge_leave is not None and self.edge_leave < 0:
             raise ValueError(f"edge_leave must be >= 0 px (or None: off), got {self.edge_leave}")
         if self.part_margin is not None and self.part_margin < 0:

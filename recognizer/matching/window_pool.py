@@ -13,7 +13,11 @@ moved with its blob (and with the camera). Each frame:
   anchor covers first (a hand, an item just put down), then the least recently scored, so
   every window is scored again within about ``max_age`` frames;
 * a blob seen for the first time has every window scored at once (a birth search): without
-  it the first frames would name a blob of three touching items after one of them.
+  it the first frames would name a blob of three touching items after one of them;
+* a pooled window whose 8x8 grey thumbnail no longer correlates with the one it was embedded
+  on (a hand came or went over it; dimming light does not count) is stale: an item's is
+  embedded again now, any other is dropped and explored again (#16: scores taken while a hand
+  covered an item put its name on the neighbour's box after the hand had gone).
 
 :func:`~.proposals.select_boxes` then picks the items among the blob's pooled windows as it
 would among freshly scored ones.
@@ -21,9 +25,10 @@ would among freshly scored ones.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from .proposals import Blob
@@ -38,6 +43,20 @@ class Scored:
     anchor: bool = False  # picked as an item last frame: scored again every frame (or every anchor_every)
     skipped: int = 0  # an anchor: frames since it was last embedded
     emb: np.ndarray | None = None  # its embedding (a track's look is learnt from it)
+    sig: np.ndarray | None = None  # a thumbnail of what it showed when embedded (:func:`thumb`)
+
+
+def thumb(gray: np.ndarray, box: Box, size: int = 8) -> np.ndarray:
+    """What a window shows, in brief: its grey pixels at ``size`` x ``size``, zero-mean and unit-norm
+    (the light dimming leaves it as it was; a hand coming or going does not)."""
+    x, y, w, h = box
+    H, W = gray.shape[:2]
+    x0, y0, x1, y1 = max(0, x), max(0, y), min(W, x + w), min(H, y + h)
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return np.zeros(size * size, np.float32)
+    t = cv2.resize(gray[y0:y1, x0:x1], (size, size), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
+    t -= t.mean()
+    return t / max(float(np.linalg.norm(t)), 1e-6)
 
 
 def _inside(a: Box, b: Box) -> float:
@@ -70,11 +89,12 @@ class WindowPool:
     """Every window scored in the last ``max_age`` frames, per blob, moved as its blob moves."""
 
     def __init__(self, max_age: int = 5, budget: int | None = 6, match: float = 0.7, steady: float = 0.15, explore: int = 2,
-                 burst: bool = False, anchor_every: int = 1):  # fmt: skip
+                 burst: bool = False, anchor_every: int = 1, change: float | None = None):  # fmt: skip
         self.max_age, self.budget, self.match, self.steady = max_age, budget, match, steady  # budget: crops a frame
         self.min_explore = explore  # windows explored per frame at least, whatever the budget
         self.anchor_every = anchor_every  # an item in a steady blob is embedded again every this many frames
         self.burst = burst  # a blob that grew or shrank has every stale window re-scored at once, over the budget
+        self.change = change  # a window whose thumbnail moved this far (1 - correlation) from the one it was embedded on is stale
         self.blobs: list[Box] = []  # last frame's blob boxes
         self.entries: list[list[Scored]] = []  # per blob of last frame
 
@@ -86,11 +106,14 @@ class WindowPool:
             for e in es:
                 e.box = mv(e.box)
 
-    def plan(self, blobs: Sequence[Blob]) -> list[list[Scored]]:
+    def plan(self, blobs: Sequence[Blob], sig: Callable[[Box], np.ndarray] | None = None) -> list[list[Scored]]:
         """Per blob, its pooled windows (moved to this frame) and the ones to embed now
         (``scores is None``); ``blob.windows`` are the fresh windows a full search would score.
         About ``budget`` crops (None: no limit): the items due (every ``anchor_every`` frames) and
-        new blobs' windows always, and at least ``explore`` more windows."""
+        new blobs' windows always, and at least ``explore`` more windows. ``sig`` (a box's
+        :func:`thumb` in this frame): a pooled window that no longer shows what it was embedded on
+        (a hand came or went over it) is stale: an item's is embedded again now, another window is
+        dropped and explored again like any unscored one."""
         budget = self.budget
         carried: list[list[Scored]] = [[] for _ in blobs]
         changed: set[int] = set()
@@ -114,7 +137,11 @@ class WindowPool:
                     box = (int(round(e.box[0] + dx)), int(round(e.box[1] + dy)), e.box[2], e.box[3])
                 for k, b in enumerate(blobs):  # the blob it now lies in (a blob may have split)
                     if _inside(box, b.box) >= 0.6:
-                        carried[k].append(Scored(_clip(box, b.box), e.scores, e.age + 1, e.anchor and steady, e.skipped + 1, e.emb))
+                        box = _clip(box, b.box)
+                        stale = self.change is not None and sig is not None and e.sig is not None and 1.0 - float(e.sig @ sig(box)) > self.change
+                        if not (stale and not e.anchor):
+                            carried[k].append(Scored(box, None if stale else e.scores, e.age + 1, e.anchor and steady,
+                                                     0 if stale else e.skipped + 1, e.emb, e.sig))  # fmt: skip
                         break
         # the items: scored afresh, every frame (anchor_every 1), or the stalest 1/anchor_every of them
         anchors = sorted((e for es in carried for e in es if e.anchor), key=lambda e: -e.skipped)
@@ -155,4 +182,4 @@ class WindowPool:
         self.entries = []
         for es, pk in zip(carried, picked, strict=True):
             keep = set(pk)
-            self.entries.append([Scored(e.box, e.scores, e.age, i in keep, e.skipped, e.emb) for i, e in enumerate(es) if e.scores is not None])
+            self.entries.append([Scored(e.box, e.scores, e.age, i in keep, e.skipped, e.emb, e.sig) for i, e in enumerate(es) if e.scores is not None])

@@ -246,7 +246,7 @@ def test_bad_hold_and_window_settings_are_refused_by_name():
     for kw, field in (({"hold_frames": -1}, "hold_frames"), ({"hold_fill": 0.0}, "hold_fill"), ({"window_tall": 1.5}, "window_tall"),
                       ({"part_margin": -0.1}, "part_margin"), ({"motion_ema": 1.5}, "motion_ema"),
                       ({"name_gate": -0.1}, "name_gate"), ({"edge_leave": -1}, "edge_leave"),
-                      ({"look_weight": -1.0}, "look_weight"), ({"look_ema": 0.0}, "look_ema")):
+                      ({"look_weight": -1.0}, "look_weight"), ({"look_ema": 0.0}, "look_ema"), ({"stale_change": 0.0}, "stale_change")):
         with pytest.raises(ValueError, match=field):
             CameraConfig(**kw)
     assert CameraConfig(hold_frames=0, window_tall=None, part_margin=None).hold_frames == 0

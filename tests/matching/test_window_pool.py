@@ -112,3 +112,37 @@ def test_with_anchor_every_3_each_item_is_embedded_every_third_frame_the_stalest
             e.scores = np.ones(2, np.float32)
         pool.commit([blob], plan, [[i for i, e in enumerate(plan[0]) if e.box in items]])
     assert sorted(seen[:3]) == sorted(items) and seen[3:] == seen[:3]  # round robin
+
+
+def test_a_window_a_hand_came_over_is_stale_an_item_embedded_again_now_another_dropped():
+    from recognizer.matching.window_pool import thumb
+
+    table = np.random.default_rng(0).integers(0, 255, (200, 500), dtype=np.uint8)
+    items = [(x, 50, 60, 100) for x in (100, 160, 220, 280)]  # four touching items: each embedded every 4th frame
+
+    def frames(change):
+        pool = WindowPool(max_age=5, budget=4, anchor_every=4, change=change)
+        blob = [Blob((100, 50, 300, 100), _wins(100))]
+        plan = pool.plan(blob, lambda b: thumb(table, b))
+        for e in plan[0]:
+            e.scores, e.sig = np.ones(2, np.float32), thumb(table, e.box)
+        picks = [[i for i, e in enumerate(plan[0]) if e.box in items]]
+        pool.commit(blob, plan, picks)
+        dim = (table * 0.5).astype(np.uint8)  # the light dims to half: nothing is stale, nothing dropped
+        plan = pool.plan(blob, lambda b: thumb(dim, b))
+        assert set(_wins(100)) <= {e.box for e in plan[0]}
+        assert sum(e.scores is None for e in plan[0]) <= 3  # the item due and two explored windows
+        for e in plan[0]:
+            if e.scores is None:
+                e.scores, e.sig = np.ones(2, np.float32), thumb(dim, e.box)
+        pool.commit(blob, plan, [[i for i, e in enumerate(plan[0]) if e.box in items]])
+        hand = dim.copy()
+        hand[:, 90:200] = 200  # a hand over the first item and the windows beside it
+        return {e.box: e for e in pool.plan(blob, lambda b: thumb(hand, b))[0]}
+
+    boxes = frames(change=0.5)
+    assert boxes[(100, 50, 60, 100)].scores is None  # the item under the hand: embedded again now
+    assert (130, 50, 60, 100) not in boxes or boxes[(130, 50, 60, 100)].scores is None  # under the hand: not trusted
+    assert boxes[(250, 50, 60, 100)].scores is not None  # away from the hand: its scores kept
+    boxes = frames(change=None)  # off: the scores embedded before the hand came are used
+    assert boxes[(130, 50, 60, 100)].scores is not None
