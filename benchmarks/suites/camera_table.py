@@ -74,10 +74,9 @@ def camera_configs() -> dict[str, Any]:
     track may take a box that plainly shows a hidden track's item), ``lost_renamed`` (a track whose
     name another track took takes its next best name at once), ``no_edge`` (a track hidden at the
     frame's edge coasts like any other instead of leaving: an item put down where one was lifted
-    away takes its name), ``no_look`` (boxes go to tracks by overlap and the gallery's scores only,
-    not by how each track's item looks in the scene), ``no_edge_look`` (neither), ``no_stale``
-    (a pooled window keeps its scores for ``refresh_frames`` whatever came over it since),
-    ``none_new`` (none of the three: the last stop's camera), ``windows_unpadded``, and the
+    away takes its name), ``no_stale`` (a pooled window keeps its scores for ``refresh_frames``
+    whatever came over it since), ``no_stale_edge`` (neither: the last stop's camera),
+    ``windows_unpadded``, and the
     other ways of cutting a blob into items, all with the table background, grey-filled crops and
     the same tracker: ``foreground`` (a blob is one item), ``split`` (the mask split by watershed).
     """
@@ -89,9 +88,8 @@ def camera_configs() -> dict[str, Any]:
             "explore_2": {"explore_min": 2}, "verify_inline": {"verify_lag": 0}, "no_coast_shape": {"coast_shape": None},
             "no_hold": {"hold_frames": 0}, "box_height": {"window_tall": None}, "no_part": {"part_margin": None},
             "no_motion": {"motion_ema": 0.0}, "no_gate": {"name_gate": None},
-            "lost_renamed": {"lost_to_unknown": False}, "no_edge": {"edge_leave": None}, "no_look": {"look_weight": 0.0},
-            "no_edge_look": {"edge_leave": None, "look_weight": 0.0},
-            "no_stale": {"stale_change": None}, "none_new": {"stale_change": None, "edge_leave": None, "look_weight": 0.0},
+            "lost_renamed": {"lost_to_unknown": False}, "no_edge": {"edge_leave": None},
+            "no_stale": {"stale_change": None}, "no_stale_edge": {"stale_change": None, "edge_leave": None},
             "windows_unpadded": {"square": False}, "foreground": {"proposals": "foreground"},
             "split": {"proposals": "split"}}  # fmt: skip
 

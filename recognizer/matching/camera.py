@@ -29,7 +29,6 @@ import cv2
 import numpy as np
 
 from ..gallery import Gallery
-from ..models.embed import pool_view_embeddings
 from ..models.model import EmbeddingModel
 from .camera_config import BACKGROUNDS, PROPOSALS, VERIFY, CameraConfig
 from .pipeline import Recognizer
@@ -276,12 +275,11 @@ class CameraMatcher:
         if crops:
             _, scores = self.rec.scores(views, range(len(crops)), self.candidates)
             scores = self.rec.verify(self.candidates, scores, lambda i: crops[i])
-            emb = pool_view_embeddings(views.emb, views.n_views) if (views.n_views > 1).any() else views.emb
-            for e, row, v in zip(todo, scores, emb, strict=True):
-                e.scores, e.emb, e.sig = row, v, None if sig is None else sig(e.box)
-        boxes, rows, unnamed, embs = self._select(blobs, plan)
+            for e, row in zip(todo, scores, strict=True):
+                e.scores, e.sig = row, None if sig is None else sig(e.box)
+        boxes, rows, unnamed = self._select(blobs, plan)
         t3 = time.perf_counter()
-        events = self.tracker.update(index, t, boxes, rows, unnamed, embs, view=(0, 0, frame_bgr.shape[1], frame_bgr.shape[0]))
+        events = self.tracker.update(index, t, boxes, rows, unnamed, view=(0, 0, frame_bgr.shape[1], frame_bgr.shape[0]))
         cfg = self.cfg
         self._held = held_tracks(self.tracker.tracks, self.proposer.mask, cfg.hold_frames, cfg.hold_fill, cfg.hold_age)
         t4 = time.perf_counter()
@@ -307,14 +305,13 @@ class CameraMatcher:
             return None
         return max(1, int((self.cfg.frame_ms - other_ms) / max(ms_per_crop(self.rec), 0.1)))
 
-    def _select(self, blobs: list[Blob], plan: list[list[Scored]]) -> tuple[list[Box], np.ndarray, list[bool], list[np.ndarray | None]]:
+    def _select(self, blobs: list[Blob], plan: list[list[Scored]]) -> tuple[list[Box], np.ndarray, list[bool]]:
         """The item boxes of each blob (among its scored windows, pooled ones included), their
         score rows, and which are leftovers: those get the scores of the window overlapping them
         most (below the threshold, so they read unknown)."""
         boxes: list[Box] = []
         unnamed: list[bool] = []  # a leftover: a part of a blob no window named
         rows: list[np.ndarray] = []
-        embs: list[np.ndarray | None] = []  # the picked windows' embeddings (None: a leftover, the whole blob unscored)
         picks: list[list[int]] = []
         n = len(self.candidates)
         for b, es in zip(blobs, plan, strict=True):
@@ -338,16 +335,14 @@ class CameraMatcher:
                 boxes.append(wins[j])
                 rows.append(s[j])
                 unnamed.append(False)
-                embs.append(es[src[j]].emb if src[j] >= 0 else None)
             for box in rest:
                 j = int(np.argmax([iou(box, w) for w in wins]))
                 boxes.append(box)
                 rows.append(np.minimum(s[j], self.threshold - 1e-3))
                 unnamed.append(True)
-                embs.append(None)
         if self.cfg.proposals == "windows":
             self.pool.commit(blobs, plan, picks)
-        return boxes, np.array(rows, np.float32).reshape(len(rows), n), unnamed, embs
+        return boxes, np.array(rows, np.float32).reshape(len(rows), n), unnamed
 
     def _shown(self, tr: Track) -> bool:
         return tr.announced and (tr.missed == 0 or tr.track_id in self._held)

@@ -50,8 +50,6 @@ class CameraConfig:
     lost_to_unknown: bool = True  # a track whose name went to another track reads unknown at once, and a next name must win switch_frames frames like any challenger (False: its next best name at once)
     name_gate: float | None = 0.15  # a named track never takes a box that scores a hidden track's item this much above its own: that item is back (None: off)
     motion_ema: float = 0.3  # a track's velocity while seen (EMA weight of the newest frame): a hidden track coasts on with it (0: it stays put)
-    look_weight: float = 4.0  # a box overlapping several tracks goes to the one whose item it looks like (its look: an EMA of its boxes' embeddings); being this x less like it costs a track (0: off)
-    look_ema: float = 0.2  # ... the newest box's weight in a track's look
     coast_shape: float | None = 1.6  # a hidden track takes back, and a named one takes a box no window named (a hand), only a box at most this much wider or narrower
     threshold: float | None = None  # default: the gallery's, but at least ``min_score``
     min_score: float = 0.5  # a name needs this cosine at least, whatever the gallery's threshold
@@ -101,8 +99,6 @@ class CameraConfig:
             raise ValueError(f"motion_ema must be in [0, 1] (0: hidden tracks stay put), got {self.motion_ema}")
         if self.name_gate is not None and self.name_gate < 0:
             raise ValueError(f"name_gate must be >= 0 (or None: off), got {self.name_gate}")
-        if self.look_weight < 0 or not 0 < self.look_ema <= 1:
-            raise ValueError(f"look_weight must be >= 0 (0: off) and look_ema in (0, 1], got {self.look_weight}, {self.look_ema}")
         if self.stale_change is not None and not 0 < self.stale_change <= 2:
             raise ValueError(f"stale_change must be in (0, 2] (1 - correlation; or None: off), got {self.stale_change}")
         if self.edge_leave is not None and self.edge_leave < 0:

@@ -8,10 +8,8 @@ reads ``unknown`` until a next name wins like any challenger (``lost_to_unknown`
 ``leave_frames`` frames before it leaves, so a hand passing over an item does not rename it;
 it coasts on at the speed its box moved while seen (``motion_ema``), as an item sliding under
 a hand does, unless it went out of view at the frame's edge (``edge_leave``: an item lifted
-away has left, and an item put down where it was is not given its name). Of two tracks overlapping
-a box, the one whose look (an EMA of its boxes' embeddings) the box matches takes it
-(``look_weight``). A named track never takes a box that plainly shows a hidden track's item
-(``name_gate``): that item is back, and its
+away has left, and an item put down where it was is not given its name). A named track never
+takes a box that plainly shows a hidden track's item (``name_gate``): that item is back, and its
 own track takes the box over. When the whole frame moves (a pan), the tracks' boxes move with it
 before association.
 
@@ -79,7 +77,6 @@ class Track:
     item_w: int = 0  # width of the last box a window named that it took (0: none yet); a leftover box is judged against it
     vel: tuple[float, float] = (0.0, 0.0)  # px a frame its box moved while seen (EMA): a hidden track coasts on with it
     drift: tuple[float, float] = (0.0, 0.0)  # sub-pixel part of that coasting, carried over
-    look: np.ndarray | None = None  # its item's appearance in this scene: an EMA of its boxes' embeddings
 
     def to_state(self) -> dict[str, Any]:
         """The track as one entry of the per-frame state stream."""
@@ -152,7 +149,7 @@ class LabelTracker:
             tr.box = (int(round(x + dx)), int(round(y + dy)), w, h)
 
     def _associate(self, boxes: list[Box], scores: np.ndarray, unnamed: Sequence[bool] | None = None,
-                   embs: Sequence[np.ndarray | None] | None = None, view: Box | None = None) -> None:  # fmt: skip
+                   view: Box | None = None) -> None:  # fmt: skip
         """Boxes to tracks by overlap (IoU >= ``iou_match``), best pairs first, where a named track
         prefers the box that scores its item near that box's best: of two overlapping boxes, the
         one showing its item rather than the neighbour's. A box whose best item is a hidden track's,
@@ -166,7 +163,6 @@ class LabelTracker:
         best = [self.labels[int(j)] for j in scores.argmax(axis=1)] if hidden and scores.size else [UNKNOWN] * len(boxes)
         left = [False] * len(boxes) if unnamed is None else [bool(u) for u in unnamed]  # a part no window named
         unmatched = set(range(len(boxes)))
-        looks = self._looks(boxes, embs)
         pairs = []
         for ti, tr in enumerate(self.tracks):
             col = self._col.get(tr.label)
@@ -181,7 +177,7 @@ class LabelTracker:
                 gap = float(scores[bi].max() - scores[bi, col]) if col is not None and scores.size else 0.0
                 if gate is not None and tr.announced and gap > gate and best[bi] in hidden:
                     continue  # a hidden item's box: the named track coasts, the box is born anew (and reidentified)
-                aff = ov - 2.0 * max(0.0, gap) - looks.get((ti, bi), 0.0)
+                aff = ov - 2.0 * max(0.0, gap)
                 pairs.append((aff, ti, bi))
         pairs.sort(reverse=True)
         used: set[int] = set()
@@ -198,7 +194,6 @@ class LabelTracker:
             tr.box = boxes[bi]
             if not left[bi]:
                 tr.item_w = boxes[bi][2]
-                self._learn_look(tr, None if embs is None else embs[bi])
             tr.scores = cfg.ema * scores[bi] + (1 - cfg.ema) * tr.scores
             tr.missed = 0
             tr.age += 1
@@ -212,35 +207,8 @@ class LabelTracker:
                 if view is not None and edge is not None and _at_edge(tr.box, view, edge):
                     tr.missed = max(tr.missed, cfg.leave_frames + 1)  # it went out of view (lifted away): it has left
         for bi in sorted(unmatched):
-            tr = Track(self._next_id, boxes[bi], scores[bi].copy(), item_w=0 if left[bi] else boxes[bi][2])
-            if not left[bi]:
-                self._learn_look(tr, None if embs is None else embs[bi])
-            self.tracks.append(tr)
+            self.tracks.append(Track(self._next_id, boxes[bi], scores[bi].copy(), item_w=0 if left[bi] else boxes[bi][2]))
             self._next_id += 1
-
-    def _looks(self, boxes: list[Box], embs: Sequence[np.ndarray | None] | None) -> dict[tuple[int, int], float]:
-        """(track, box) -> how much less like the box this track looks than the track the box looks
-        most like, x ``look_weight``: of two tracks overlapping a box, the one whose item it shows."""
-        w = getattr(self.cfg, "look_weight", 0.0)
-        if not w or embs is None:
-            return {}
-        out: dict[tuple[int, int], float] = {}
-        for bi, (b, e) in enumerate(zip(boxes, embs, strict=True)):
-            sims = {ti: float(tr.look @ e) for ti, tr in enumerate(self.tracks)
-                    if e is not None and tr.look is not None and iou(tr.box, b) >= self.cfg.iou_match}  # fmt: skip
-            if len(sims) > 1:
-                top = max(sims.values())
-                out.update({(ti, bi): w * (top - s) for ti, s in sims.items()})
-        return out
-
-    def _learn_look(self, tr: Track, e: np.ndarray | None) -> None:
-        """A track's look: how its item looks in this scene (same light, same view), which tells two
-        lookalike items apart better than the gallery's photos do (#16: obj5 and obj13 side by side)."""
-        a = getattr(self.cfg, "look_ema", 0.2)
-        if e is None or not getattr(self.cfg, "look_weight", 0.0):
-            return
-        v = e if tr.look is None else a * e + (1 - a) * tr.look
-        tr.look = v / max(float(np.linalg.norm(v)), 1e-6)
 
     def _motion(self, tr: Track, b: Box) -> None:
         """Learn how a seen track moves: its box's centre shift, when the box kept its width (a window
@@ -262,19 +230,18 @@ class LabelTracker:
         x, y, w, h = tr.box
         tr.box, tr.drift = (x + ix, y + iy, w, h), (fx - ix, fy - iy)
 
-    def update(self, frame_index: int, t: float, boxes: list[Box], scores: np.ndarray, unnamed: Sequence[bool] | None = None,
-               embs: Sequence[np.ndarray | None] | None = None, view: Box | None = None) -> list[Event]:  # fmt: skip
+    def update(self, frame_index: int, t: float, boxes: list[Box], scores: np.ndarray,
+               unnamed: Sequence[bool] | None = None, view: Box | None = None) -> list[Event]:  # fmt: skip
         """Feed one frame's boxes and their ``len(boxes) x len(labels)`` scores; returns events.
 
         ``unnamed`` (per box): a part of a blob no window named (a hand, a seam). A named track
         takes such a box only when it is about as wide as its own (``coast_shape``): an item under
         a hand keeps its name on its box, but its name is never put on a box that a hand and its
         neighbours fill (#16: an apple's name on the hand's box); it coasts, hidden, instead.
-        ``embs`` (per box, or None): the boxes' embeddings, for the tracks' looks (``look_weight``);
         ``view``: the frame as a box, for ``edge_leave``."""
         cfg = self.cfg
         events: list[Event] = []
-        self._associate(boxes, scores, unnamed, embs, view)
+        self._associate(boxes, scores, unnamed, view)
         keep = []
         for tr in self.tracks:  # drop tracks gone too long; coasting ones keep their label
             if tr.missed > cfg.leave_frames:

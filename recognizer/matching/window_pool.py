@@ -42,7 +42,6 @@ class Scored:
     age: int = 0  # frames since it was scored
     anchor: bool = False  # picked as an item last frame: scored again every frame (or every anchor_every)
     skipped: int = 0  # an anchor: frames since it was last embedded
-    emb: np.ndarray | None = None  # its embedding (a track's look is learnt from it)
     sig: np.ndarray | None = None  # a thumbnail of what it showed when embedded (:func:`thumb`)
 
 
@@ -141,7 +140,7 @@ class WindowPool:
                         stale = self.change is not None and sig is not None and e.sig is not None and 1.0 - float(e.sig @ sig(box)) > self.change
                         if not (stale and not e.anchor):
                             carried[k].append(Scored(box, None if stale else e.scores, e.age + 1, e.anchor and steady,
-                                                     0 if stale else e.skipped + 1, e.emb, e.sig))  # fmt: skip
+                                                     0 if stale else e.skipped + 1, e.sig))  # fmt: skip
                         break
         # the items: scored afresh, every frame (anchor_every 1), or the stalest 1/anchor_every of them
         anchors = sorted((e for es in carried for e in es if e.anchor), key=lambda e: -e.skipped)
@@ -182,4 +181,4 @@ class WindowPool:
         self.entries = []
         for es, pk in zip(carried, picked, strict=True):
             keep = set(pk)
-            self.entries.append([Scored(e.box, e.scores, e.age, i in keep, e.skipped, e.emb, e.sig) for i, e in enumerate(es) if e.scores is not None])
+            self.entries.append([Scored(e.box, e.scores, e.age, i in keep, e.skipped, e.sig) for i, e in enumerate(es) if e.scores is not None])
