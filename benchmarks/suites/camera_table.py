@@ -74,8 +74,9 @@ def camera_configs() -> dict[str, Any]:
     track may take a box that plainly shows a hidden track's item), ``lost_renamed`` (a track whose
     name another track took takes its next best name at once), ``no_edge`` (a track hidden at the
     frame's edge coasts like any other instead of leaving: an item put down where one was lifted
-    away takes its name), ``no_stale`` (a pooled window keeps its scores for ``refresh_frames``
-    whatever came over it since), ``no_stale_edge`` (neither: the last stop's camera),
+    away takes its name; with ``stale_change`` off it is the last stop's camera), ``stale`` (a
+    pooled window whose thumbnail changed since it was embedded is stale: an item's embedded
+    again now, another dropped; off by default, see ``CameraConfig.stale_change``),
     ``windows_unpadded``, and the
     other ways of cutting a blob into items, all with the table background, grey-filled crops and
     the same tracker: ``foreground`` (a blob is one item), ``split`` (the mask split by watershed).
@@ -88,8 +89,8 @@ def camera_configs() -> dict[str, Any]:
             "explore_2": {"explore_min": 2}, "verify_inline": {"verify_lag": 0}, "no_coast_shape": {"coast_shape": None},
             "no_hold": {"hold_frames": 0}, "box_height": {"window_tall": None}, "no_part": {"part_margin": None},
             "no_motion": {"motion_ema": 0.0}, "no_gate": {"name_gate": None},
-            "lost_renamed": {"lost_to_unknown": False}, "no_edge": {"edge_leave": None},
-            "no_stale": {"stale_change": None}, "no_stale_edge": {"stale_change": None, "edge_leave": None},
+            "lost_renamed": {"lost_to_unknown": False},
+            "stale": {"stale_change": 0.5}, "no_edge": {"edge_leave": None},
             "windows_unpadded": {"square": False}, "foreground": {"proposals": "foreground"},
             "split": {"proposals": "split"}}  # fmt: skip
 
