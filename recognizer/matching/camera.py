@@ -257,9 +257,10 @@ class CameraMatcher:
         if dx or dy:
             self.tracker.shift(dx, dy)
             self.pool.shift(dx, dy)
-        gray = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY) if self.pool.change is not None else None
+        pooled = self.cfg.proposals == "windows"
+        gray = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY) if pooled and self.pool.change is not None else None
         sig = (lambda b: thumb(gray, b)) if gray is not None else None  # noqa: E731
-        plan = self.pool.plan(blobs, sig) if self.cfg.proposals == "windows" else [[Scored(w, None) for w in b.windows] for b in blobs]
+        plan = self.pool.plan(blobs, sig) if pooled else [[Scored(w, None) for w in b.windows] for b in blobs]
         t1 = time.perf_counter()
         rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
         self._rgb = rgb

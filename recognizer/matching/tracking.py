@@ -148,8 +148,7 @@ class LabelTracker:
             x, y, w, h = tr.box
             tr.box = (int(round(x + dx)), int(round(y + dy)), w, h)
 
-    def _associate(self, boxes: list[Box], scores: np.ndarray, unnamed: Sequence[bool] | None = None,
-                   view: Box | None = None) -> None:  # fmt: skip
+    def _associate(self, boxes: list[Box], scores: np.ndarray, unnamed: Sequence[bool] | None = None) -> None:
         """Boxes to tracks by overlap (IoU >= ``iou_match``), best pairs first, where a named track
         prefers the box that scores its item near that box's best: of two overlapping boxes, the
         one showing its item rather than the neighbour's. A box whose best item is a hidden track's,
@@ -203,9 +202,6 @@ class LabelTracker:
             if ti not in used:
                 tr.missed += 1
                 self._coast(tr)
-                edge = getattr(cfg, "edge_leave", None)
-                if view is not None and edge is not None and _at_edge(tr.box, view, edge):
-                    tr.missed = max(tr.missed, cfg.leave_frames + 1)  # it went out of view (lifted away): it has left
         for bi in sorted(unmatched):
             self.tracks.append(Track(self._next_id, boxes[bi], scores[bi].copy(), item_w=0 if left[bi] else boxes[bi][2]))
             self._next_id += 1
@@ -241,10 +237,11 @@ class LabelTracker:
         ``view``: the frame as a box, for ``edge_leave``."""
         cfg = self.cfg
         events: list[Event] = []
-        self._associate(boxes, scores, unnamed, view)
+        self._associate(boxes, scores, unnamed)
+        edge = getattr(cfg, "edge_leave", None)
         keep = []
-        for tr in self.tracks:  # drop tracks gone too long; coasting ones keep their label
-            if tr.missed > cfg.leave_frames:
+        for tr in self.tracks:  # drop tracks gone too long, or hidden at the frame's edge (out of view); coasting ones keep their label
+            if tr.missed > cfg.leave_frames or (tr.missed and view is not None and edge is not None and _at_edge(tr.box, view, edge)):
                 if tr.announced:
                     events.append(Event("leave", frame_index, t, tr.track_id, tr.label, None, tr.score, tr.box))
             else:

@@ -3,7 +3,7 @@
 import numpy as np
 
 from recognizer.matching.proposals import Blob
-from recognizer.matching.window_pool import WindowPool, blob_shift
+from recognizer.matching.window_pool import WindowPool, blob_shift, thumb
 
 
 def _wins(x: int, y: int = 50, n: int = 8, w: int = 60) -> list:
@@ -115,8 +115,6 @@ def test_with_anchor_every_3_each_item_is_embedded_every_third_frame_the_stalest
 
 
 def test_a_window_a_hand_came_over_is_stale_an_item_embedded_again_now_another_dropped():
-    from recognizer.matching.window_pool import thumb
-
     table = np.random.default_rng(0).integers(0, 255, (200, 500), dtype=np.uint8)
     items = [(x, 50, 60, 100) for x in (100, 160, 220, 280)]  # four touching items: each embedded every 4th frame
 
