@@ -25,7 +25,7 @@ from typing import Any
 from ..common import MANIFESTS, SHARED_DATA
 
 QUICK = {"scenes": ("touching",), "configs": ("default",)}
-COMPARE_SCENES = ("touching", "hand", "swap", "table")  # the proposal methods are compared on these
+COMPARE_SCENES = ("touching", "hand", "dim", "pan", "swap", "table")  # the configurations are compared on these
 
 
 def build_gallery(root: Path, model_spec: str = "lite0@160", features: str | None = "sift"):
@@ -76,7 +76,9 @@ def camera_configs() -> dict[str, Any]:
     frame's edge coasts like any other instead of leaving: an item put down where one was lifted
     away takes its name; with ``stale_change`` off it is the last stop's camera), ``stale`` (a
     pooled window whose thumbnail changed since it was embedded is stale: an item's embedded
-    again now, another dropped; off by default, see ``CameraConfig.stale_change``),
+    again now, another dropped; off by default, see ``CameraConfig.stale_change``), ``no_refit`` (an
+    item's window keeps the width it was made with when its blob's windows are far wider now: the
+    last stop's camera),
     ``windows_unpadded``, and the
     other ways of cutting a blob into items, all with the table background, grey-filled crops and
     the same tracker: ``foreground`` (a blob is one item), ``split`` (the mask split by watershed).
@@ -90,7 +92,7 @@ def camera_configs() -> dict[str, Any]:
             "no_hold": {"hold_frames": 0}, "box_height": {"window_tall": None}, "no_part": {"part_margin": None},
             "no_motion": {"motion_ema": 0.0}, "no_gate": {"name_gate": None},
             "lost_renamed": {"lost_to_unknown": False},
-            "stale": {"stale_change": 0.5}, "no_edge": {"edge_leave": None},
+            "stale": {"stale_change": 0.5}, "no_edge": {"edge_leave": None}, "no_refit": {"refit_width": None},
             "windows_unpadded": {"square": False}, "foreground": {"proposals": "foreground"},
             "split": {"proposals": "split"}}  # fmt: skip
 

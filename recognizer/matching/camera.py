@@ -224,7 +224,8 @@ class CameraMatcher:
         self._held: set[int] = set()  # tracks shown though they lost their box this frame (:func:`held_tracks`)
         budget = self.cfg.crop_budget or (self._crop_budget() if self.cfg.proposals == "windows" else None)
         self.pool = WindowPool(self.cfg.refresh_frames, budget, explore=self.cfg.explore_min,
-                               burst=self.cfg.search_on_change, anchor_every=self.cfg.anchor_every, change=self.cfg.stale_change)  # fmt: skip
+                               burst=self.cfg.search_on_change, anchor_every=self.cfg.anchor_every, change=self.cfg.stale_change,
+                               refit=self.cfg.refit_width)  # fmt: skip
 
     def _verify_config(self) -> RerankConfig | None:
         method = self.cfg.verify

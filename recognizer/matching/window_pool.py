@@ -17,7 +17,11 @@ moved with its blob (and with the camera). Each frame:
 * a pooled window whose 8x8 grey thumbnail no longer correlates with the one it was embedded
   on (a hand came or went over it; dimming light does not count) is stale: an item's is
   embedded again now, any other is dropped and explored again (#16: scores taken while a hand
-  covered an item put its name on the neighbour's box after the hand had gone).
+  covered an item put its name on the neighbour's box after the hand had gone);
+* an item's window far off every width its blob's windows have now (``refit``: made when its
+  items looked another height, an item lowered from above or a hand reaching in) is fitted
+  again: the blob's nearest window takes its place, embedded now (#16: a 36 px part of a 74 px
+  item, kept as an item for 20 frames, named a narrow carton among the distractors).
 
 :func:`~.proposals.select_boxes` then picks the items among the blob's pooled windows as it
 would among freshly scored ones.
@@ -88,11 +92,12 @@ class WindowPool:
     """Every window scored in the last ``max_age`` frames, per blob, moved as its blob moves."""
 
     def __init__(self, max_age: int = 5, budget: int | None = 6, match: float = 0.7, steady: float = 0.15, explore: int = 2,
-                 burst: bool = False, anchor_every: int = 1, change: float | None = None):  # fmt: skip
+                 burst: bool = False, anchor_every: int = 1, change: float | None = None, refit: float | None = None):  # fmt: skip
         self.max_age, self.budget, self.match, self.steady = max_age, budget, match, steady  # budget: crops a frame
         self.min_explore = explore  # windows explored per frame at least, whatever the budget
         self.anchor_every = anchor_every  # an item in a steady blob is embedded again every this many frames
         self.burst = burst  # a blob that grew or shrank has every stale window re-scored at once, over the budget
+        self.refit = refit  # an item's window off every width its blob's windows have now by more than this share is fitted again
         self.change = change  # a window whose thumbnail moved this far (1 - correlation) from the one it was embedded on is stale
         self.blobs: list[Box] = []  # last frame's blob boxes
         self.entries: list[list[Scored]] = []  # per blob of last frame
@@ -130,7 +135,8 @@ class WindowPool:
             for e in es:
                 if e.age + 1 >= self.max_age and not e.anchor:
                     continue
-                if e.anchor and iou(e.box, pb) >= 0.8:
+                whole = e.anchor and iou(e.box, pb) >= 0.8
+                if whole:
                     box = cur  # a pick that was the whole blob stays the whole blob
                 else:
                     box = (int(round(e.box[0] + dx)), int(round(e.box[1] + dy)), e.box[2], e.box[3])
@@ -138,6 +144,8 @@ class WindowPool:
                     if _inside(box, b.box) >= 0.6:
                         box = _clip(box, b.box)
                         stale = self.change is not None and sig is not None and e.sig is not None and 1.0 - float(e.sig @ sig(box)) > self.change
+                        if e.anchor and not whole and self._misfit(box, b.windows[1:]):
+                            box, stale = max(b.windows[1:], key=lambda w: iou(w, box)), True  # fitted again, embedded now
                         if e.anchor or not stale:  # a stale item is embedded again now; any other stale window is dropped
                             carried[k].append(Scored(box, None if stale else e.scores, e.age + 1, e.anchor and steady,
                                                      0 if stale else e.skipped + 1, e.sig))  # fmt: skip
@@ -174,6 +182,12 @@ class WindowPool:
         for *_, k, w in now + sorted(explore)[:room]:
             carried[k] = [e for e in carried[k] if iou(e.box, w) < self.match or e.anchor] + [Scored(w, None)]
         return carried
+
+    def _misfit(self, box: Box, windows: Sequence[Box]) -> bool:
+        """An item's window no longer as wide as any window its blob makes now (within ``refit`` of
+        its width): it was made when the blob's items looked another height (an item lowered from
+        above, a hand), and a part that narrow names a narrow distractor on the seam (#16)."""
+        return self.refit is not None and bool(windows) and min(abs(box[2] - w[2]) for w in windows) > self.refit * box[2]
 
     def commit(self, blobs: Sequence[Blob], carried: list[list[Scored]], picked: list[list[int]]) -> None:
         """Remember this frame's windows (scored by now) and which of them were picked as items."""

@@ -227,7 +227,7 @@ def test_bad_hold_and_window_settings_are_refused_by_name():
     for kw, field in (({"hold_frames": -1}, "hold_frames"), ({"hold_fill": 0.0}, "hold_fill"), ({"window_tall": 1.5}, "window_tall"),
                       ({"part_margin": -0.1}, "part_margin"), ({"motion_ema": 1.5}, "motion_ema"),
                       ({"name_gate": -0.1}, "name_gate"), ({"edge_leave": -1}, "edge_leave"),
-                      ({"stale_change": 0.0}, "stale_change")):
+                      ({"stale_change": 0.0}, "stale_change"), ({"refit_width": 0.0}, "refit_width")):
         with pytest.raises(ValueError, match=field):
             CameraConfig(**kw)
     assert CameraConfig(hold_frames=0, window_tall=None, part_margin=None).hold_frames == 0

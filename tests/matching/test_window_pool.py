@@ -144,3 +144,18 @@ def test_a_window_a_hand_came_over_is_stale_an_item_embedded_again_now_another_d
     assert boxes[(250, 50, 60, 100)].scores is not None  # away from the hand: its scores kept
     boxes = frames(change=None)  # off: the scores embedded before the hand came are used
     assert boxes[(130, 50, 60, 100)].scores is not None
+
+
+def test_an_item_window_no_blob_window_is_as_wide_as_is_fitted_again_and_embedded_now():
+    def frames(refit):
+        pool = WindowPool(max_age=5, budget=4, anchor_every=3, refit=refit)
+        narrow = [(100, 50, 300, 100), (100, 50, 36, 100), (136, 50, 36, 100)]  # windows while the items looked 80 px tall
+        plan, _ = _frame(pool, [Blob((100, 50, 300, 100), narrow)])
+        pool.commit([Blob((100, 50, 300, 100))], plan, [[i for i, e in enumerate(plan[0]) if e.box == (136, 50, 36, 100)]])
+        plan = pool.plan([Blob((100, 50, 300, 100), _wins(100))])  # 60 px windows now
+        return [e for e in plan[0] if e.anchor]
+
+    (item,) = frames(refit=0.2)
+    assert item.box == (130, 50, 60, 100) and item.scores is None  # the blob's nearest window, embedded now
+    (item,) = frames(refit=None)
+    assert item.box == (136, 50, 36, 100)  # off: the narrow part stays the item's window
