@@ -77,8 +77,9 @@ def camera_configs() -> dict[str, Any]:
     away takes its name; with ``stale_change`` off it is the last stop's camera), ``stale`` (a
     pooled window whose thumbnail changed since it was embedded is stale: an item's embedded
     again now, another dropped; off by default, see ``CameraConfig.stale_change``), ``no_refit`` (an
-    item's window keeps the width it was made with when its blob's windows are far wider now: the
-    last stop's camera),
+    item's window keeps the width it was made with when its blob's windows are far wider now),
+    ``before`` (no refit, and a track's name weighing half as much against overlap when it takes a
+    box: the last stop's camera),
     ``windows_unpadded``, and the
     other ways of cutting a blob into items, all with the table background, grey-filled crops and
     the same tracker: ``foreground`` (a blob is one item), ``split`` (the mask split by watershed).
@@ -93,6 +94,7 @@ def camera_configs() -> dict[str, Any]:
             "no_motion": {"motion_ema": 0.0}, "no_gate": {"name_gate": None},
             "lost_renamed": {"lost_to_unknown": False},
             "stale": {"stale_change": 0.5}, "no_edge": {"edge_leave": None}, "no_refit": {"refit_width": None},
+            "before": {"refit_width": None, "name_weight": 2.0},
             "windows_unpadded": {"square": False}, "foreground": {"proposals": "foreground"},
             "split": {"proposals": "split"}}  # fmt: skip
 

@@ -151,7 +151,8 @@ class LabelTracker:
     def _associate(self, boxes: list[Box], scores: np.ndarray, unnamed: Sequence[bool] | None = None) -> None:
         """Boxes to tracks by overlap (IoU >= ``iou_match``), best pairs first, where a named track
         prefers the box that scores its item near that box's best: of two overlapping boxes, the
-        one showing its item rather than the neighbour's. A box whose best item is a hidden track's,
+        one showing its item rather than the neighbour's (each point of score its item is below the
+        box's best costs ``name_weight`` points of IoU). A box whose best item is a hidden track's,
         by more than ``name_gate`` over a named track's own, is not that track's to take: it is born
         anew and :meth:`_reidentify` gives it to the hidden item's track (an item coming out from
         under a hand beside its neighbour)."""
@@ -176,7 +177,7 @@ class LabelTracker:
                 gap = float(scores[bi].max() - scores[bi, col]) if col is not None and scores.size else 0.0
                 if gate is not None and tr.announced and gap > gate and best[bi] in hidden:
                     continue  # a hidden item's box: the named track coasts, the box is born anew (and reidentified)
-                aff = ov - 2.0 * max(0.0, gap)
+                aff = ov - getattr(cfg, "name_weight", 4.0) * max(0.0, gap)
                 pairs.append((aff, ti, bi))
         pairs.sort(reverse=True)
         used: set[int] = set()

@@ -227,7 +227,25 @@ def test_bad_hold_and_window_settings_are_refused_by_name():
     for kw, field in (({"hold_frames": -1}, "hold_frames"), ({"hold_fill": 0.0}, "hold_fill"), ({"window_tall": 1.5}, "window_tall"),
                       ({"part_margin": -0.1}, "part_margin"), ({"motion_ema": 1.5}, "motion_ema"),
                       ({"name_gate": -0.1}, "name_gate"), ({"edge_leave": -1}, "edge_leave"),
-                      ({"stale_change": 0.0}, "stale_change"), ({"refit_width": 0.0}, "refit_width")):
+                      ({"stale_change": 0.0}, "stale_change"), ({"refit_width": 0.0}, "refit_width"),
+                      ({"name_weight": -1.0}, "name_weight")):
         with pytest.raises(ValueError, match=field):
             CameraConfig(**kw)
     assert CameraConfig(hold_frames=0, window_tall=None, part_margin=None).hold_frames == 0
+
+
+def test_a_named_track_takes_the_box_showing_its_item_not_the_neighbours_it_overlaps_more():
+    def which_box(**kw):  # 'a' and 'b' lookalikes; 'b' hidden; 'a''s box overlaps the window on 'b' more than its own
+        tr = _tracker(leave_frames=10, motion_ema=0.0, name_gate=None, **kw)
+        a, b = (100, 0, 85, 60), (190, 0, 55, 60)
+        for f in range(3):
+            tr.update(f, 0.0, [a, b], np.array([[0.8, 0.2, 0.1], [0.2, 0.8, 0.1]]))
+        ida = next(t.track_id for t in tr.tracks if t.label == "a")
+        tr.update(3, 0.0, [a], np.array([[0.8, 0.2, 0.1]]))  # a hand over 'b': it coasts
+        # the window on 'b' (IoU 0.34 with 'a''s box) scores 'a' 0.03 under 'b'; 'a''s own (IoU 0.27) shows 'a'
+        on_b, on_a = (150, 0, 52, 60), (75, 0, 55, 60)
+        tr.update(4, 0.0, [on_b, on_a], np.array([[0.67, 0.70, 0.1], [0.60, 0.3, 0.1]]))
+        return next(t.box for t in tr.tracks if t.track_id == ida)
+
+    assert which_box() == (75, 0, 55, 60)  # its own item's box
+    assert which_box(name_weight=2.0) == (150, 0, 52, 60)  # the last stop's weight: the neighbour's
