@@ -159,6 +159,7 @@ class LabelTracker:
         cfg = self.cfg
         coast_shape = getattr(cfg, "coast_shape", None)
         gate = getattr(cfg, "name_gate", None)
+        weight = getattr(cfg, "name_weight", 4.0)
         hidden = {tr.label for tr in self.tracks if tr.missed and tr.announced and tr.label != UNKNOWN} if gate is not None else set()
         best = [self.labels[int(j)] for j in scores.argmax(axis=1)] if hidden and scores.size else [UNKNOWN] * len(boxes)
         left = [False] * len(boxes) if unnamed is None else [bool(u) for u in unnamed]  # a part no window named
@@ -177,7 +178,7 @@ class LabelTracker:
                 gap = float(scores[bi].max() - scores[bi, col]) if col is not None and scores.size else 0.0
                 if gate is not None and tr.announced and gap > gate and best[bi] in hidden:
                     continue  # a hidden item's box: the named track coasts, the box is born anew (and reidentified)
-                aff = ov - getattr(cfg, "name_weight", 4.0) * max(0.0, gap)
+                aff = ov - weight * max(0.0, gap)
                 pairs.append((aff, ti, bi))
         pairs.sort(reverse=True)
         used: set[int] = set()

@@ -143,9 +143,10 @@ class WindowPool:
                 for k, b in enumerate(blobs):  # the blob it now lies in (a blob may have split)
                     if _inside(box, b.box) >= 0.6:
                         box = _clip(box, b.box)
-                        stale = self.change is not None and sig is not None and e.sig is not None and 1.0 - float(e.sig @ sig(box)) > self.change
                         if e.anchor and not whole and self._misfit(box, b.windows[1:]):
                             box, stale = max(b.windows[1:], key=lambda w: iou(w, box)), True  # fitted again, embedded now
+                        else:
+                            stale = self.change is not None and sig is not None and e.sig is not None and 1.0 - float(e.sig @ sig(box)) > self.change
                         if e.anchor or not stale:  # a stale item is embedded again now; any other stale window is dropped
                             carried[k].append(Scored(box, None if stale else e.scores, e.age + 1, e.anchor and steady,
                                                      0 if stale else e.skipped + 1, e.sig))  # fmt: skip
