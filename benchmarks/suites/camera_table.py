@@ -78,8 +78,8 @@ def camera_configs() -> dict[str, Any]:
     pooled window whose thumbnail changed since it was embedded is stale: an item's embedded
     again now, another dropped; off by default, see ``CameraConfig.stale_change``), ``no_refit`` (an
     item's window keeps the width it was made with when its blob's windows are far wider now),
-    ``before`` (no refit, and a track's name weighing half as much against overlap when it takes a
-    box: the last stop's camera),
+    ``before`` (a blob's pooled windows move as its edges moved, not as its items did: the last
+    stop's camera),
     ``windows_unpadded``, and the
     other ways of cutting a blob into items, all with the table background, grey-filled crops and
     the same tracker: ``foreground`` (a blob is one item), ``split`` (the mask split by watershed).
@@ -94,7 +94,7 @@ def camera_configs() -> dict[str, Any]:
             "no_motion": {"motion_ema": 0.0}, "no_gate": {"name_gate": None},
             "lost_renamed": {"lost_to_unknown": False},
             "stale": {"stale_change": 0.5}, "no_edge": {"edge_leave": None}, "no_refit": {"refit_width": None},
-            "before": {"refit_width": None, "name_weight": 2.0},
+            "before": {"register_px": None},
             "windows_unpadded": {"square": False}, "foreground": {"proposals": "foreground"},
             "split": {"proposals": "split"}}  # fmt: skip
 

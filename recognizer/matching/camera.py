@@ -37,7 +37,7 @@ from .rerank import RerankConfig
 from .track_verify import TrackVerifier
 from .tracking import UNKNOWN, Box, Event, LabelTracker, Track, assign, covered_columns, intersection, iou
 from .video import FrameSource
-from .window_pool import Scored, WindowPool, thumb
+from .window_pool import Scored, WindowPool, half, thumb
 
 __all__ = ["BACKGROUNDS", "PROPOSALS", "UNKNOWN", "VERIFY", "Box", "CameraConfig", "CameraMatcher", "Event", "LabelTracker",
            "Track", "assign", "held_tracks", "iou", "label_accuracy", "latency_table", "run_camera"]  # fmt: skip
@@ -221,11 +221,12 @@ class CameraMatcher:
             self._aspect_known[:] = True
         self.times = StageTimes()
         self._rgb: np.ndarray | None = None
+        self._small: np.ndarray | None = None  # this frame at half size, grey (registers items: CameraConfig.register_px)
         self._held: set[int] = set()  # tracks shown though they lost their box this frame (:func:`held_tracks`)
         budget = self.cfg.crop_budget or (self._crop_budget() if self.cfg.proposals == "windows" else None)
         self.pool = WindowPool(self.cfg.refresh_frames, budget, explore=self.cfg.explore_min,
                                burst=self.cfg.search_on_change, anchor_every=self.cfg.anchor_every, change=self.cfg.stale_change,
-                               refit=self.cfg.refit_width)  # fmt: skip
+                               refit=self.cfg.refit_width, register=self.cfg.register_px)  # fmt: skip
 
     def _verify_config(self) -> RerankConfig | None:
         method = self.cfg.verify
@@ -259,9 +260,10 @@ class CameraMatcher:
             self.tracker.shift(dx, dy)
             self.pool.shift(dx, dy)
         pooled = self.cfg.proposals == "windows"
-        gray = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY) if pooled and self.pool.change is not None else None
-        sig = (lambda b: thumb(gray, b)) if gray is not None else None  # noqa: E731
-        plan = self.pool.plan(blobs, sig) if pooled else [[Scored(w, None) for w in b.windows] for b in blobs]
+        gray = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY) if pooled and (self.pool.change or self.pool.register) else None
+        sig = (lambda b: thumb(gray, b)) if gray is not None and self.pool.change is not None else None  # noqa: E731
+        small = self._small = half(gray) if gray is not None and self.pool.register else None
+        plan = self.pool.plan(blobs, sig, small) if pooled else [[Scored(w, None) for w in b.windows] for b in blobs]
         t1 = time.perf_counter()
         rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
         self._rgb = rgb
@@ -343,7 +345,7 @@ class CameraMatcher:
                 rows.append(np.minimum(s[j], self.threshold - 1e-3))
                 unnamed.append(True)
         if self.cfg.proposals == "windows":
-            self.pool.commit(blobs, plan, picks)
+            self.pool.commit(blobs, plan, picks, self._small)
         return boxes, np.array(rows, np.float32).reshape(len(rows), n), unnamed
 
     def _shown(self, tr: Track) -> bool:

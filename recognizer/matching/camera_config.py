@@ -77,6 +77,7 @@ class CameraConfig:
     search_on_change: bool = False  # windows: a blob that grew or shrank has its stale windows re-scored at once, over frame_ms
     stale_change: float | None = None  # windows: a pooled window whose 8x8 thumbnail changed by more than this (1 - correlation) since it was embedded is stale (a hand came or went): an item's is embedded again now, another window dropped (None: off; 0.5: hand 0.955 -> 0.985 and wrong-label frames 2.3% -> 0.2%, but swap recall 0.908 -> 0.860 and a distractor flashed for a frame after the hand in tests/matching/test_camera_table.py, #16)
     refit_width: float | None = 0.35  # windows: an item's window whose width is off every window its blob makes now by more than this share (made when its items looked another height) is fitted again: the nearest window, embedded now (None: off; 0.2 and 0.5: #16)
+    register_px: int | None = 32  # windows: a blob's windows move as its items' grey patches moved since last frame (searched this far across, a quarter up and down) where that fits them clearly better than the blob's edges do, which a hand drags along (None: the edges; #16)
     anchor_every: int = 3  # windows: last frame's items in a steady blob are embedded again every this many frames (the stalest first; 1 and 2: #16)
     explore_min: int = 3  # windows: windows explored a frame beyond the items embedded again, at least
     crop_budget: int | None = None  # windows: crops a frame, fixed (None: from frame_ms and the embedder's speed at start)
@@ -107,6 +108,8 @@ class CameraConfig:
             raise ValueError(f"stale_change must be in (0, 2] (1 - correlation; or None: off), got {self.stale_change}")
         if self.refit_width is not None and not self.refit_width > 0:
             raise ValueError(f"refit_width must be > 0 (or None: off), got {self.refit_width}")
+        if self.register_px is not None and not self.register_px >= 2:
+            raise ValueError(f"register_px must be >= 2 px (or None: the blob's edges), got {self.register_px}")
         if self.edge_leave is not None and self.edge_leave < 0:
             raise ValueError(f"edge_leave must be >= 0 px (or None: off), got {self.edge_leave}")
         if self.part_margin is not None and self.part_margin < 0:

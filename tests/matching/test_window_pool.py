@@ -1,9 +1,10 @@
 """The window pool: a frame embeds last frame's items and a few more windows, not every window."""
 
+import cv2
 import numpy as np
 
 from recognizer.matching.proposals import Blob
-from recognizer.matching.window_pool import WindowPool, blob_shift, thumb
+from recognizer.matching.window_pool import WindowPool, blob_shift, half, thumb
 
 
 def _wins(x: int, y: int = 50, n: int = 8, w: int = 60) -> list:
@@ -159,3 +160,31 @@ def test_an_item_window_no_blob_window_is_as_wide_as_is_fitted_again_and_embedde
     assert item.box == (130, 50, 60, 100) and item.scores is None  # the blob's nearest window, embedded now
     (item,) = frames(refit=None)
     assert item.box == (136, 50, 36, 100)  # off: the narrow part stays the item's window
+
+
+def test_a_hand_dragging_a_blobs_edges_along_does_not_drag_its_items_windows():
+    rng = np.random.default_rng(1)
+    texture = cv2.resize(rng.integers(0, 255, (25, 45), dtype=np.uint8), (180, 100), interpolation=cv2.INTER_CUBIC)
+
+    def frame(items_x, hand_x):  # three touching 60 px items; a hand's band over their feet, wider than the row
+        f = np.full((240, 640), 90, np.uint8)
+        f[50:150, items_x : items_x + 180] = texture
+        f[125:150, hand_x : hand_x + 280] = 230
+        return f
+
+    def items_after(register):
+        pool = WindowPool(max_age=5, budget=4, register=register)
+        wins = lambda x: [(x, 50, 280, 100)] + [(x + 30 * k, 50, 60, 100) for k in range(8)]  # noqa: E731
+        first = half(frame(200, 140))
+        plan = pool.plan([Blob((140, 50, 280, 100), wins(140))], small=first)
+        for e in plan[0]:
+            e.scores = np.ones(2, np.float32)
+        items = [(200, 50, 60, 100), (260, 50, 60, 100), (320, 50, 60, 100)]
+        pool.commit([Blob((140, 50, 280, 100))], plan, [[i for i, e in enumerate(plan[0]) if e.box in items]], first)
+        # the items slide 6 px left while the hand moves 40 px right: both blob edges move +40
+        plan = pool.plan([Blob((180, 50, 280, 100), wins(180))], small=half(frame(194, 180)))
+        return sorted(e.box for e in plan[0] if e.anchor)
+
+    assert blob_shift((140, 50, 280, 100), (180, 50, 280, 100)) == (40, 0)
+    assert items_after(register=32) == [(194, 50, 60, 100), (254, 50, 60, 100), (314, 50, 60, 100)]  # where the items are
+    assert items_after(register=None) == [(240, 50, 60, 100), (300, 50, 60, 100), (360, 50, 60, 100)]  # off: with the hand
