@@ -78,7 +78,8 @@ def camera_configs() -> dict[str, Any]:
     pooled window whose thumbnail changed since it was embedded is stale: an item's embedded
     again now, another dropped; off by default, see ``CameraConfig.stale_change``), ``no_refit`` (an
     item's window keeps the width it was made with when its blob's windows are far wider now),
-    ``before`` (a blob's pooled windows move as its edges moved, not as its items did: the last
+    ``no_seam`` (a window mostly under its two picked neighbours may be a third item), ``before``
+    (that, and a blob's pooled windows move as its edges moved, not as its items did: the last
     stop's camera),
     ``windows_unpadded``, and the
     other ways of cutting a blob into items, all with the table background, grey-filled crops and
@@ -94,7 +95,7 @@ def camera_configs() -> dict[str, Any]:
             "no_motion": {"motion_ema": 0.0}, "no_gate": {"name_gate": None},
             "lost_renamed": {"lost_to_unknown": False},
             "stale": {"stale_change": 0.5}, "no_edge": {"edge_leave": None}, "no_refit": {"refit_width": None},
-            "before": {"register_px": None},
+            "before": {"register_px": None, "seam_cover": None}, "no_seam": {"seam_cover": None},
             "windows_unpadded": {"square": False}, "foreground": {"proposals": "foreground"},
             "split": {"proposals": "split"}}  # fmt: skip
 

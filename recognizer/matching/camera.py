@@ -333,7 +333,7 @@ class CameraMatcher:
             src = order if whole is not None else [-1] + order  # window index -> pool entry
             keep = np.array([self.cfg.keep_bonus if k >= 0 and es[k].anchor else 0.0 for k in src], np.float32)
             picked, rest = select_boxes(blob, s, self.threshold, self.cfg.nms, self.aspects if self._use_aspects else None,
-                                        self.cfg.aspect_slack, keep, self.cfg.shape_slack, self.cfg.part_margin)  # fmt: skip
+                                        self.cfg.aspect_slack, keep, self.cfg.shape_slack, self.cfg.part_margin, self.cfg.seam_cover)  # fmt: skip
             picks.append([src[j] for j in picked if src[j] >= 0])
             for j in picked:
                 boxes.append(wins[j])

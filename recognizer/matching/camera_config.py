@@ -73,6 +73,7 @@ class CameraConfig:
     refresh_frames: int = 5  # windows: a window's scores are reused (moved with its blob) for at most this many frames
     shape_slack: float | None = 1.75  # windows: a window this much wider (narrower) than the item it names is never that item (1.5 and 2.0: worse, see #16)
     part_margin: float | None = 0.03  # windows: two neighbouring windows that fit in one item are that item when one scores the other's item within this of its own best (None: off)
+    seam_cover: float | None = 0.7  # windows: a picked window whose two picked neighbours cover more than this share of its width is a seam between them, not an item (None: off; #16: a 55 px window 38% under each neighbour named a distractor carton for 9 frames)
     keep_bonus: float = 0.1  # windows: last frame's items count this much more when a blob's items are picked
     search_on_change: bool = False  # windows: a blob that grew or shrank has its stale windows re-scored at once, over frame_ms
     stale_change: float | None = None  # windows: a pooled window whose 8x8 thumbnail changed by more than this (1 - correlation) since it was embedded is stale (a hand came or went): an item's is embedded again now, another window dropped (None: off; 0.5: hand 0.955 -> 0.985 and wrong-label frames 2.3% -> 0.2%, but swap recall 0.908 -> 0.860 and a distractor flashed for a frame after the hand in tests/matching/test_camera_table.py, #16)
@@ -108,6 +109,8 @@ class CameraConfig:
             raise ValueError(f"stale_change must be in (0, 2] (1 - correlation; or None: off), got {self.stale_change}")
         if self.refit_width is not None and not self.refit_width > 0:
             raise ValueError(f"refit_width must be > 0 (or None: off), got {self.refit_width}")
+        if self.seam_cover is not None and not 0 < self.seam_cover <= 1:
+            raise ValueError(f"seam_cover must be in (0, 1] (or None: off), got {self.seam_cover}")
         if self.register_px is not None and not self.register_px >= 2:
             raise ValueError(f"register_px must be >= 2 px (or None: the blob's edges), got {self.register_px}")
         if self.edge_leave is not None and self.edge_leave < 0:

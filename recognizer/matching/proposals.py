@@ -248,15 +248,18 @@ def split_boxes(box: Box, sub: np.ndarray, scale: float, min_peak: float = 0.45)
     return out
 
 
+def _px_overlap(a: Box, b: Box) -> int:
+    return max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+
+
 def _overlap_x(a: Box, b: Box) -> float:
-    inter = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    return inter / max(1, min(a[2], b[2]))
+    return _px_overlap(a, b) / max(1, min(a[2], b[2]))
 
 
 def select_boxes(blob: Blob, scores: np.ndarray, accept: float, nms: float = 0.5,
                  aspects: np.ndarray | None = None, aspect_slack: float | None = 1.25,
                  keep: np.ndarray | None = None, shape_slack: float | None = None,
-                 part_margin: float | None = None) -> tuple[list[int], list[Box]]:  # fmt: skip
+                 part_margin: float | None = None, seam: float | None = None) -> tuple[list[int], list[Box]]:  # fmt: skip
     """Which of the blob's windows are items (indices into ``blob.windows``), and unknown leftovers.
 
     ``scores``: ``len(blob.windows) x I`` candidate scores. ``windows`` blobs: the row of windows
@@ -273,7 +276,10 @@ def select_boxes(blob: Blob, scores: np.ndarray, accept: float, nms: float = 0.5
     other's item within this of its own best, and both together are no wider than that item
     (``aspect_slack`` x its widest), are two parts of that one item, never two items (#16: a
     mug's right half named after a distractor, 0.68, that it scores the mug at 0.65; the sum of
-    gains favours two halves over the whole). ``keep`` (per window) is added to the gain of a window that
+    gains favours two halves over the whole). ``seam``: a pick whose picks on either side cover
+    more than this share of its width lies on the seam between them, not on a third item (#16: a
+    55 px window 38% under each of two touching items named a distractor carton between them;
+    ``nms`` alone judges one neighbour at a time). ``keep`` (per window) is added to the gain of a window that
     passes ``accept``: last frame's items stay picked unless the alternative is clearly better.
     ``split`` blobs keep their parts only when the parts' mean score beats the whole blob's.
     """
@@ -317,6 +323,9 @@ def select_boxes(blob: Blob, scores: np.ndarray, accept: float, nms: float = 0.5
                 wins[j], wins[i], scores[j], scores[i], hi, part_margin, aspect_slack or 1.0
             ):
                 continue  # nearly as much its neighbour's item as its own, and both fit in that item
+            k = prev.get(j)
+            if seam is not None and k is not None and _px_overlap(wins[k], wins[j]) + _px_overlap(wins[j], wins[i]) > seam * wins[j][2]:
+                continue  # j lies mostly under its two neighbours: a seam between two items, not a third
             if total[j] + gain[i] > total[i]:
                 total[i], prev[i] = total[j] + float(gain[i]), j
     if not prev:

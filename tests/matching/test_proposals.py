@@ -200,3 +200,13 @@ def test_last_frames_items_stay_picked_unless_clearly_beaten():
     assert select_boxes(Blob(wins[0], wins), s, 0.5, keep=keep)[0] == [2]
     s[1] = 0.4  # below the threshold: no bonus makes it an item
     assert 1 not in select_boxes(Blob(wins[0], wins), s, 0.5, keep=np.array([0.0, 0.5, 0.0]))[0]
+
+
+def test_a_window_on_the_seam_between_two_items_is_not_a_third_item():
+    # two touching 60 px items; a 55 px window on the seam, 38% under each of them, names a distractor
+    wins = [(0, 0, 150, 120), (19, 0, 55, 120), (53, 0, 55, 120), (87, 0, 55, 120)]
+    s = np.array([[0.0, 0.0, 0.0], [0.75, 0.3, 0.3], [0.3, 0.3, 0.54], [0.3, 0.72, 0.3]], np.float32)
+    assert select_boxes(Blob(wins[0], wins), s, 0.5)[0] == [1, 2, 3]  # off: a phantom between them
+    assert select_boxes(Blob(wins[0], wins), s, 0.5, seam=0.7)[0] == [1, 3]
+    wins[2] = (68, 0, 34, 120)  # a narrow item between them, under them by 6 and 15 px of its 34: an item
+    assert select_boxes(Blob(wins[0], wins), s, 0.5, seam=0.7)[0] == [1, 2, 3]
