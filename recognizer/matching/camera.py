@@ -221,7 +221,6 @@ class CameraMatcher:
             self._aspect_known[:] = True
         self.times = StageTimes()
         self._rgb: np.ndarray | None = None
-        self._small: np.ndarray | None = None  # this frame at half size, grey (registers items: CameraConfig.register_px)
         self._held: set[int] = set()  # tracks shown though they lost their box this frame (:func:`held_tracks`)
         budget = self.cfg.crop_budget or (self._crop_budget() if self.cfg.proposals == "windows" else None)
         self.pool = WindowPool(self.cfg.refresh_frames, budget, explore=self.cfg.explore_min,
@@ -262,7 +261,7 @@ class CameraMatcher:
         pooled = self.cfg.proposals == "windows"
         gray = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY) if pooled and (self.pool.change or self.pool.register) else None
         sig = (lambda b: thumb(gray, b)) if gray is not None and self.pool.change is not None else None  # noqa: E731
-        small = self._small = half(gray) if gray is not None and self.pool.register else None
+        small = half(gray) if gray is not None and self.pool.register else None  # registers items: CameraConfig.register_px
         plan = self.pool.plan(blobs, sig, small) if pooled else [[Scored(w, None) for w in b.windows] for b in blobs]
         t1 = time.perf_counter()
         rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
@@ -281,7 +280,7 @@ class CameraMatcher:
             scores = self.rec.verify(self.candidates, scores, lambda i: crops[i])
             for e, row in zip(todo, scores, strict=True):
                 e.scores, e.sig = row, None if sig is None else sig(e.box)
-        boxes, rows, unnamed = self._select(blobs, plan)
+        boxes, rows, unnamed = self._select(blobs, plan, small)
         t3 = time.perf_counter()
         events = self.tracker.update(index, t, boxes, rows, unnamed, view=(0, 0, frame_bgr.shape[1], frame_bgr.shape[0]))
         cfg = self.cfg
@@ -309,10 +308,11 @@ class CameraMatcher:
             return None
         return max(1, int((self.cfg.frame_ms - other_ms) / max(ms_per_crop(self.rec), 0.1)))
 
-    def _select(self, blobs: list[Blob], plan: list[list[Scored]]) -> tuple[list[Box], np.ndarray, list[bool]]:
+    def _select(self, blobs: list[Blob], plan: list[list[Scored]], small: np.ndarray | None = None) -> tuple[list[Box], np.ndarray, list[bool]]:
         """The item boxes of each blob (among its scored windows, pooled ones included), their
         score rows, and which are leftovers: those get the scores of the window overlapping them
-        most (below the threshold, so they read unknown)."""
+        most (below the threshold, so they read unknown). ``small`` (this frame, grey, half size)
+        goes to the pool with the picks: what each item shows (``register_px``)."""
         boxes: list[Box] = []
         unnamed: list[bool] = []  # a leftover: a part of a blob no window named
         rows: list[np.ndarray] = []
@@ -345,7 +345,7 @@ class CameraMatcher:
                 rows.append(np.minimum(s[j], self.threshold - 1e-3))
                 unnamed.append(True)
         if self.cfg.proposals == "windows":
-            self.pool.commit(blobs, plan, picks, self._small)
+            self.pool.commit(blobs, plan, picks, small)
         return boxes, np.array(rows, np.float32).reshape(len(rows), n), unnamed
 
     def _shown(self, tr: Track) -> bool:

@@ -176,8 +176,9 @@ class WindowPool:
                 continue  # the blob left (or changed beyond recognition): its windows go with it
             cur = blobs[j].box
             dx, dy = blob_shift(pb, cur)
+            whole = [e.anchor and iou(e.box, pb) >= 0.8 for e in es]  # a pick that was the whole blob
             if self.register and small is not None:
-                items = [(e.box, e.tpl) for e in es if e.anchor and e.tpl is not None and iou(e.box, pb) < 0.8]
+                items = [(e.box, e.tpl) for e, w in zip(es, whole, strict=True) if e.anchor and not w and e.tpl is not None]
                 if not items and bi < len(self.patches):  # no item named last frame (a hand over them all): the blob's tiles
                     items = _tiles(pb, self.patches[bi])
                 dx, dy = register_shift(small, items, self.register, (dx, dy))
@@ -186,18 +187,17 @@ class WindowPool:
             steady = abs(cur[2] - pb[2]) <= self.steady * pb[2] and abs(cur[3] - pb[3]) <= self.steady * pb[3]
             if not steady:
                 changed.add(j)
-            for e in es:
+            for e, whole_pick in zip(es, whole, strict=True):
                 if e.age + 1 >= self.max_age and not e.anchor:
                     continue
-                whole = e.anchor and iou(e.box, pb) >= 0.8
-                if whole:
+                if whole_pick:
                     box = cur  # a pick that was the whole blob stays the whole blob
                 else:
                     box = (int(round(e.box[0] + dx)), int(round(e.box[1] + dy)), e.box[2], e.box[3])
                 for k, b in enumerate(blobs):  # the blob it now lies in (a blob may have split)
                     if _inside(box, b.box) >= 0.6:
                         box = _clip(box, b.box)
-                        if e.anchor and not whole and self._misfit(box, b.windows[1:]):
+                        if e.anchor and not whole_pick and self._misfit(box, b.windows[1:]):
                             box, stale = max(b.windows[1:], key=lambda w: iou(w, box)), True  # fitted again, embedded now
                         else:
                             stale = self.change is not None and sig is not None and e.sig is not None and 1.0 - float(e.sig @ sig(box)) > self.change
