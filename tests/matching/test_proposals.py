@@ -119,6 +119,11 @@ def test_item_aspects_come_from_plain_background_photos(tmp_path):
     wide[40:60, 20:180] = (200, 30, 30)  # a 160 x 20 object on white
     shelf = np.random.default_rng(0).integers(0, 255, (100, 100, 3), dtype=np.uint8)  # no plain background
     assert object_aspect(wide) == pytest.approx(8.0, rel=0.1) and object_aspect(shelf) is None
+    # a bottle fills a turntable photo from top to bottom: 81% of the border is dark (COIL obj13 seen
+    # from the front: 84%), and its width still counts (obj13 was read as its 0.31 side view only)
+    bottle = np.full((128, 128, 3), 12, np.uint8)
+    bottle[:, 40:88] = (230, 230, 240)
+    assert object_aspect(bottle) == pytest.approx(48 / 128, rel=0.05)
     paths = []
     for name, im in (("wide", wide), ("shelf", shelf)):
         paths.append(str(tmp_path / f"{name}.png"))
