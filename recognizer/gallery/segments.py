@@ -177,6 +177,8 @@ def _open_segment(path: Path, dim: int):
     try:
         index = faiss.read_index(str(path))
     except RuntimeError as e:
+        if not path.exists():  # merged away between the check and the open: read again, it is not corrupt
+            raise FileNotFoundError(path) from None
         raise GalleryCorruptError(f"{path}: unreadable FAISS index ({str(e).splitlines()[0]})") from None
     if not isinstance(index, faiss.IndexIDMap2) or index.d != dim:
         raise GalleryCorruptError(f"{path}: not an IndexIDMap2 of dimension {dim}")
