@@ -49,6 +49,7 @@ class CameraConfig:
     iou_match: float = 0.25
     lost_to_unknown: bool = True  # a track whose name went to another track reads unknown at once, and a next name must win switch_frames frames like any challenger (False: its next best name at once)
     name_weight: float = 4.0  # a track takes a box by IoU less this x how far the box scores its item under the box's best item: of two overlapping boxes, the one showing its item (2.0, the last stop's: hand wrong-label frames 2.2% vs 1.9% with refit_width, #16)
+    hidden_prior: bool = True  # a track born where a hidden named track coasts (IoU >= iou_match) counts that item's name as its own (switch_margin) when it is first named: not a lookalike's name taken from across the table (off: hand seeds with 2+ switches 5 -> 6 of 20, #16)
     name_gate: float | None = 0.15  # a named track never takes a box that scores a hidden track's item this much above its own: that item is back (None: off)
     motion_ema: float = 0.3  # a track's velocity while seen (EMA weight of the newest frame): a hidden track coasts on with it (0: it stays put)
     coast_shape: float | None = 1.6  # a hidden track takes back, and a named one takes a box no window named (a hand), only a box at most this much wider or narrower

@@ -254,9 +254,19 @@ class LabelTracker:
             return events
         mat = np.stack([self._scores(tr) for tr in visible])
         sticky = mat.copy()  # a track's own label is worth the switch margin to it
+        # a new track where a hidden item coasts: that item's name counts as its own. :meth:`_reidentify`
+        # hands a new track the identity of the hidden track its first name belongs to, wherever that one
+        # coasts: an unknown track born on a hand, first named after a lookalike it scores as well, took
+        # the lookalike's track from across the item (#16, hand seed 8: obj5 0.66, obj13 0.66 on obj13)
+        prior = getattr(cfg, "hidden_prior", False)
+        hidden = [o for o in self.tracks if o.missed and o.announced and o.label in self._col] if prior else []
         for i, tr in enumerate(visible):
             if tr.label in self._col:
                 sticky[i, self._col[tr.label]] += cfg.switch_margin
+            elif hidden and not tr.announced:
+                near = max(hidden, key=lambda o: iou(o.box, tr.box))
+                if iou(near.box, tr.box) >= cfg.iou_match:
+                    sticky[i, self._col[near.label]] += cfg.switch_margin
         chosen = assign(sticky, self.one_to_one)
         for i, (tr, c) in enumerate(zip(visible, chosen, strict=True)):
             s = float(mat[i, c])

@@ -250,3 +250,22 @@ def test_a_named_track_takes_the_box_showing_its_item_not_the_neighbours_it_over
 
     assert which_box() == (75, 0, 55, 60)  # its own item's box
     assert which_box(name_weight=2.0) == (150, 0, 52, 60)  # the last stop's weight: the neighbour's
+
+
+def test_a_track_born_where_a_hidden_item_coasts_is_named_after_it_on_a_near_tie():
+    def after_a_hand(**kw):  # 'a' and 'b' touch; a hand hides both: a leftover no window named, an unknown track
+        tr = _tracker(leave_frames=10, motion_ema=0.0, **kw)
+        a, b = (100, 0, 60, 60), (160, 0, 60, 60)
+        for f in range(3):
+            tr.update(f, 0.0, [a, b], np.array([[0.9, 0.2, 0.1], [0.2, 0.9, 0.1]]))
+        ids = {t.label: t.track_id for t in tr.tracks}
+        tr.update(3, 0.0, [(130, 0, 110, 60)], np.array([[0.3, 0.3, 0.1]]), unnamed=[True])
+        # the hand leaves 'b': the hand's track takes the window on 'b' (IoU 0.82; 'b''s coasting box 0.67),
+        # which scores 'a', a lookalike coasting beside it, as well as 'b'
+        tr.update(4, 0.0, [(140, 0, 90, 60)], np.array([[0.66, 0.65, 0.1]]))
+        return [(t.track_id, t.label) for t in tr.tracks if not t.missed], ids
+
+    shown, ids = after_a_hand()
+    assert shown == [(ids["b"], "b")]  # 'b''s own track is back where 'b' was
+    shown, ids = after_a_hand(hidden_prior=False)  # off: 'a''s track is taken from across 'b'
+    assert shown == [(ids["a"], "a")]
