@@ -10,8 +10,9 @@ it coasts on at the speed its box moved while seen (``motion_ema``), as an item 
 a hand does, unless it went out of view at the frame's edge (``edge_leave``: an item lifted
 away has left, and an item put down where it was is not given its name). A named track never
 takes a box that plainly shows a hidden track's item (``name_gate``): that item is back, and its
-own track takes the box over. When the whole frame moves (a pan), the tracks' boxes move with it
-before association.
+own track takes the box over, and a track born where a hidden named track coasts counts that
+item's name as its own when it is first named (``hidden_prior``). When the whole frame moves (a
+pan), the tracks' boxes move with it before association.
 
 Verification per track: geometric verification of a track's best candidates (the gallery's
 stored local features) runs when the track is born and when its label is challenged, never
