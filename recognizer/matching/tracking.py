@@ -161,7 +161,7 @@ class LabelTracker:
         coast_shape = getattr(cfg, "coast_shape", None)
         gate = getattr(cfg, "name_gate", None)
         weight = getattr(cfg, "name_weight", 4.0)
-        hidden = {tr.label for tr in self.tracks if tr.missed and tr.announced and tr.label != UNKNOWN} if gate is not None else set()
+        hidden = {tr.label for tr in self._hidden_named()} if gate is not None else set()
         best = [self.labels[int(j)] for j in scores.argmax(axis=1)] if hidden and scores.size else [UNKNOWN] * len(boxes)
         left = [False] * len(boxes) if unnamed is None else [bool(u) for u in unnamed]  # a part no window named
         unmatched = set(range(len(boxes)))
@@ -260,13 +260,13 @@ class LabelTracker:
         # coasts: an unknown track born on a hand, first named after a lookalike it scores as well, took
         # the lookalike's track from across the item (#16, hand seed 8: obj5 0.66, obj13 0.66 on obj13)
         prior = getattr(cfg, "hidden_prior", False)
-        hidden = [o for o in self.tracks if o.missed and o.announced and o.label in self._col] if prior else []
+        hidden = self._hidden_named() if prior else []
         for i, tr in enumerate(visible):
             if tr.label in self._col:
                 sticky[i, self._col[tr.label]] += cfg.switch_margin
             elif hidden and not tr.announced:
-                near = max(hidden, key=lambda o: iou(o.box, tr.box))
-                if iou(near.box, tr.box) >= cfg.iou_match:
+                ov, near = max(((iou(o.box, tr.box), o) for o in hidden), key=lambda p: p[0])
+                if ov >= cfg.iou_match:
                     sticky[i, self._col[near.label]] += cfg.switch_margin
         chosen = assign(sticky, self.one_to_one)
         for i, (tr, c) in enumerate(zip(visible, chosen, strict=True)):
@@ -292,10 +292,14 @@ class LabelTracker:
             events += self._hysteresis(tr, proposal, s, frame_index, t, now=lost)
         return events
 
+    def _hidden_named(self) -> list[Track]:
+        """Named tracks that lost their box and coast: the items a new box may be (back from under a hand)."""
+        return [o for o in self.tracks if o.missed and o.announced and o.label != UNKNOWN]
+
     def _reidentify(self, tr: Track, label: str) -> None:
         """A new track named like a coasting one is that item back (after an occlusion): it takes over
         the coasting track's id and label, so no appear/leave pair and no second box of one item."""
-        old = next((o for o in self.tracks if o.missed and o.announced and o.label == label), None)
+        old = next((o for o in self._hidden_named() if o.label == label), None)
         if old is None:
             return
         tr.track_id, tr.label, tr.announced, tr.score = old.track_id, old.label, True, old.score
