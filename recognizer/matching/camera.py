@@ -31,8 +31,10 @@ import numpy as np
 from ..gallery import Gallery
 from ..models.model import EmbeddingModel
 from .camera_config import BACKGROUNDS, PROPOSALS, VERIFY, CameraConfig
+from .cues import COLOUR_TOP_K, colour_affinities, colour_histogram, colour_penalty
+from .item_looks import item_aspects, item_colours
 from .pipeline import Recognizer
-from .proposals import Blob, Proposer, item_aspects, select_boxes
+from .proposals import Blob, Proposer, select_boxes
 from .rerank import RerankConfig
 from .track_verify import TrackVerifier
 from .tracking import UNKNOWN, Box, Event, LabelTracker, Track, assign, covered_columns, intersection, iou
@@ -98,6 +100,15 @@ def held_tracks(tracks: Sequence[Track], mask: np.ndarray | None, frames: int, f
             out.add(tr.track_id)
             shown.append(tr.box)
     return out
+
+
+def relit(rgb: np.ndarray, light: float) -> np.ndarray:
+    """The crop as under the light the table was learnt in (``light``: :meth:`~.proposals.Proposer.light`):
+    an item's colours, brightness included, are compared with its photos' (#16: light dimmed to half
+    moved a white carton's HSV value bins, and the colour cue lost it)."""
+    if abs(light - 1.0) < 0.05 or light <= 0:
+        return rgb
+    return np.clip(rgb.astype(np.float32) / light, 0, 255).astype(np.uint8)
 
 
 def pad_square(rgb: np.ndarray, fill: int) -> np.ndarray:
@@ -219,6 +230,10 @@ class CameraMatcher:
         if self._use_aspects and candidates and len(self.candidates) <= 64:  # a table's few: read now, not mid-stream
             self.aspects[:] = item_aspects(gallery, self.candidates)
             self._aspect_known[:] = True
+        # each candidate's colours (CameraConfig.colour), read like its widths: a table's now, a large gallery's when first needed
+        self._colours: list[np.ndarray | None] = [None] * len(self.candidates)
+        if self.cfg.colour and candidates and len(self.candidates) <= 64:
+            self._colours = list(item_colours(gallery, self.candidates))
         self.times = StageTimes()
         self._rgb: np.ndarray | None = None
         self._held: set[int] = set()  # tracks shown though they lost their box this frame (:func:`held_tracks`)
@@ -268,9 +283,13 @@ class CameraMatcher:
         self._rgb = rgb
         todo = [e for es in plan for e in es if e.scores is None]
         crops = [crop(rgb, e.box, self.cfg.pad) for e in todo]
-        if self.cfg.mask_fill is not None and self.proposer.mask is not None and crops:
+        mask = self.proposer.mask
+        masks = [crop(mask, e.box, self.cfg.pad) for e in todo] if mask is not None else [None] * len(todo)
+        # the colour cue reads the object's own pixels: only where the table background says which they are
+        hists = [colour_histogram(relit(c, self.proposer.light(e.box)), m) for c, m, e in zip(crops, masks, todo, strict=True)] if self.cfg.colour and mask is not None else []
+        if self.cfg.mask_fill is not None and mask is not None and crops:
             fill = self.cfg.mask_fill
-            crops = [np.where(crop(self.proposer.mask, e.box, self.cfg.pad)[:, :, None] > 0, c, np.uint8(fill)) for c, e in zip(crops, todo, strict=True)]
+            crops = [np.where(m[:, :, None] > 0, c, np.uint8(fill)) for c, m in zip(crops, masks, strict=True)]
         if self.cfg.square and self.cfg.proposals in ("foreground", "split", "windows"):
             crops = [pad_square(c, 128 if self.cfg.mask_fill is None else self.cfg.mask_fill) for c in crops]
         views = self.rec.embed_arrays(crops)  # every crop of the frame in one forward
@@ -278,6 +297,8 @@ class CameraMatcher:
         if crops:
             _, scores = self.rec.scores(views, range(len(crops)), self.candidates)
             scores = self.rec.verify(self.candidates, scores, lambda i: crops[i])
+            if hists:
+                scores = colour_penalty(scores, self._colour_affinities(np.stack(hists), scores), self.cfg.colour)
             for e, row in zip(todo, scores, strict=True):
                 e.scores, e.sig = row, None if sig is None else sig(e.box)
         boxes, rows, unnamed = self._select(blobs, plan, small)
@@ -350,6 +371,16 @@ class CameraMatcher:
 
     def _shown(self, tr: Track) -> bool:
         return tr.announced and (tr.missed == 0 or tr.track_id in self._held)
+
+    def _colour_affinities(self, hists: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """``crops x candidates`` colour affinities, for the items the colour cue re-scores (NaN elsewhere)."""
+        need = np.unique(np.argsort(-scores, axis=1)[:, :COLOUR_TOP_K])
+        new = [int(c) for c in need if self._colours[c] is None]
+        for c, h in zip(new, item_colours(self.gallery, [self.candidates[c] for c in new]), strict=True):
+            self._colours[c] = h
+        out = np.full(scores.shape, np.nan, np.float32)
+        out[:, need] = colour_affinities(hists, [self._colours[int(c)] for c in need])
+        return out
 
     def _read_aspect(self, col: int) -> None:
         if not self._aspect_known[col]:

@@ -54,6 +54,7 @@ class CameraConfig:
     motion_ema: float = 0.3  # a track's velocity while seen (EMA weight of the newest frame): a hidden track coasts on with it (0: it stays put)
     coast_shape: float | None = 1.6  # a hidden track takes back, and a named one takes a box no window named (a hand), only a box at most this much wider or narrower
     threshold: float | None = None  # default: the gallery's, but at least ``min_score``
+    colour: float = 0.5  # weight of the colour cue, on a table background (it needs the object's pixels): of each crop's 10 best items, each falls this x how much worse its colours (HSV, relit to the light the table was learnt in) match than the best-matching one's; an item's colours come from its photos with a plain background (0: off; #16: lookalike bottles of one brand in two colours swapped names)
     min_score: float = 0.5  # a name needs this cosine at least, whatever the gallery's threshold
     query: QueryOptions = field(default_factory=QueryOptions)  # framing of each crop (zoom, multi-crop)
     rerank: RerankConfig | None = None  # geometric verification of every crop's top candidates, every frame
@@ -96,6 +97,8 @@ class CameraConfig:
             raise ValueError(f"crop_budget must be >= 1 (or None: from frame_ms), got {self.crop_budget}")
         if self.frame_ms is not None and not self.frame_ms > 0:
             raise ValueError(f"frame_ms must be > 0 (or None: no budget), got {self.frame_ms}")
+        if not self.colour >= 0:
+            raise ValueError(f"colour must be >= 0 (0: off), got {self.colour}")
         if not 0 < self.ema <= 1:
             raise ValueError(f"ema must be in (0, 1], got {self.ema}")
         if self.hold_frames < 0 or not 0 < self.hold_fill <= 1:

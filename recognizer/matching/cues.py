@@ -17,13 +17,21 @@ import numpy as np
 
 COLOUR_METHOD = "hsv"
 BINS = (8, 4, 4)  # hue, saturation, value
+COLOUR_TOP_K = 10  # items per crop the camera's colour cue re-scores
 
 
-def colour_histogram(rgb: np.ndarray) -> np.ndarray:
-    """L1-normalised HSV histogram (``prod(BINS)`` float32) of an RGB image."""
-    small = cv2.resize(rgb, (64, 64), interpolation=cv2.INTER_AREA) if max(rgb.shape[:2]) > 64 else rgb
-    hsv = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2HSV)
-    h = cv2.calcHist([hsv], [0, 1, 2], None, list(BINS), [0, 180, 0, 256, 0, 256]).ravel().astype(np.float32)
+def colour_histogram(rgb: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """L1-normalised HSV histogram (``prod(BINS)`` float32) of an RGB image, or of its ``mask``-ed
+    pixels (the object alone: all pixels when the mask holds under 1% of them)."""
+    if mask is not None and (mask > 0).mean() < 0.01:
+        mask = None
+    if max(rgb.shape[:2]) > 64:
+        rgb = cv2.resize(rgb, (64, 64), interpolation=cv2.INTER_AREA)
+        if mask is not None:
+            mask = cv2.resize((mask > 0).astype(np.uint8), (64, 64), interpolation=cv2.INTER_NEAREST)
+    hsv = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2HSV)
+    m = None if mask is None else (mask > 0).astype(np.uint8)
+    h = cv2.calcHist([hsv], [0, 1, 2], m, list(BINS), [0, 180, 0, 256, 0, 256]).ravel().astype(np.float32)
     return h / max(float(h.sum()), 1e-12)
 
 
@@ -48,4 +56,34 @@ def add_colour(
     for j in np.argsort(-out)[:top_k]:
         if np.isfinite(out[j]):
             out[j] += weight * colour_affinity(query_hist, hists.get(items[j], []))
+    return out
+
+
+def colour_affinities(queries: np.ndarray, items: Sequence[np.ndarray]) -> np.ndarray:
+    """``Q x I`` best Hellinger affinity of each query histogram with each item's (``n_i x bins``);
+    NaN for an item without histograms."""
+    q = np.sqrt(np.asarray(queries, np.float32))
+    out = np.full((len(q), len(items)), np.nan, np.float32)
+    for j, h in enumerate(items):
+        if len(h):
+            out[:, j] = (q @ np.sqrt(np.asarray(h, np.float32)).T).max(axis=1)
+    return out
+
+
+def colour_penalty(scores: np.ndarray, affinity: np.ndarray, weight: float, top_k: int = COLOUR_TOP_K) -> np.ndarray:
+    """``scores`` (``Q x I``) with each row's ``top_k`` best items lowered by ``weight`` x how much
+    worse their colours match than the best-matching of them (``affinity``, ``Q x I``; NaN: unknown
+    colour, not lowered). The best colour match keeps its score, so a crop that matches no item
+    (a hand) reads unknown as before; only the others fall back."""
+    out = np.asarray(scores, np.float32).copy()
+    if not weight or not out.size:
+        return out
+    top = np.argsort(-out, axis=1)[:, :top_k]
+    a = np.take_along_axis(affinity, top, axis=1)
+    known = np.isfinite(a)
+    if not known.any():
+        return out
+    best = np.where(known, a, -np.inf).max(axis=1, keepdims=True)
+    drop = np.where(known & np.isfinite(best), weight * (best - np.where(known, a, 0.0)), 0.0)
+    np.put_along_axis(out, top, np.take_along_axis(out, top, axis=1) - drop.astype(np.float32), axis=1)
     return out

@@ -22,7 +22,7 @@ candidate items in the same batched forward as everything else (:func:`select_bo
 Windows that score below the threshold are never picked; a wide part of a blob that no picked
 window covers (a hand, a cup) becomes a box of its own, which the tracker labels ``unknown``.
 
-The candidates also say how wide their items are (:func:`item_aspects`: the object's width over
+The candidates also say how wide their items are (:func:`~.item_looks.item_aspects`: the object's width over
 its height in enrolled photos with a plain background, catalog or turntable shots): a blob no
 wider than the item its whole box names is that one item, and is never cut into parts. Without
 this, half of a lone package could be named after a distractor that half-resembles it; with
@@ -61,6 +61,7 @@ class TableBackground:
         self.bg: np.ndarray | None = None  # float32, at ``scale``, at the first frames' light
         self.n = 0
         self.last_fg: np.ndarray | None = None
+        self.gain: np.ndarray | None = None  # the light now over the light learnt, per pixel (at ``scale``)
         self.shift_total = np.zeros(2)
         self._hann = None
 
@@ -95,6 +96,7 @@ class TableBackground:
             x0, y0 = max(0, int(x * self.scale)), max(0, int(y * self.scale))
             held[y0 : int((y + bh) * self.scale) + 1, x0 : int((x + bw) * self.scale) + 1] = True
         gain = self._gain(gray, bg_gray, held)
+        self.gain = gain
         expect = self.bg * gain[:, :, None]
         diff = cv2.absdiff(cur, expect)
         dist = np.maximum(np.maximum(diff[:, :, 0], diff[:, :, 1]), diff[:, :, 2])
@@ -367,51 +369,6 @@ def _leftovers(blob: Blob, picked: list[Box], min_width: float = 0.45) -> list[B
     return out
 
 
-def object_aspect(rgb: np.ndarray, width: int = 4, share: float = 0.75) -> float | None:
-    """Width / height of the object in a photo with a plain (catalog or turntable) background; else None.
-
-    The background is plain when ``share`` of the border's pixels are near black (< 40) or near
-    white (> 215): a turntable shot's dark border is noisy, and its object may touch an edge (a
-    bottle seen from the front fills COIL's frame top to bottom: 84% of its border is dark; in-store
-    photos: 1 of 3,441 reaches 75%). At 0.85 such views were skipped, and obj13 was taken to be no wider
-    than its side view (0.31 of its height against 0.62), so its front-view windows were refused.
-    """
-    from ..data.synthetic import border_pixels, rgba_from_plain_background
-
-    b = border_pixels(rgb, width)
-    dark, white = (b < 40).mean() >= share, (b > 215).mean() >= share
-    if not (dark or white):
-        return None
-    ys, xs = np.nonzero(rgba_from_plain_background(rgb, dark=dark)[:, :, 3] > 40)
-    if len(ys) < 0.01 * rgb.shape[0] * rgb.shape[1]:
-        return None
-    return float(xs.max() - xs.min() + 1) / float(ys.max() - ys.min() + 1)
-
-
-def item_aspects(gallery, items: list[str], per_item: int = 4) -> np.ndarray:
-    """Per item, the narrowest and the widest object aspect (width / height) among up to
-    ``per_item`` of its enrolled photos that have a plain background (``len(items) x 2``); NaN
-    when none has (shelf photos) or none can be read. An item turning shows widths in between."""
-    from ..data.imageio import ImageLoadError, load_image
-
-    out = np.full((len(items), 2), np.nan, np.float32)
-    for j, it in enumerate(items):
-        seen = 0
-        for r in gallery.records(it):
-            if "#" in str(r["sha256"]) or not r["path"]:  # another view of a photo already read
-                continue
-            try:
-                a = object_aspect(load_image(r["path"]))
-            except (ImageLoadError, ValueError, OSError):
-                continue
-            if a is not None:
-                out[j] = (a, a) if np.isnan(out[j, 0]) else (min(out[j, 0], a), max(out[j, 1], a))
-            seen += 1
-            if seen >= per_item:
-                break
-    return out
-
-
 # ------------------------------------------------------------------------ the camera's proposer
 
 
@@ -464,6 +421,18 @@ class Proposer:
             else:
                 out.append(Blob(box, [box], "whole"))
         return out
+
+    def light(self, box: Box) -> float:
+        """How bright the light is at ``box`` (frame coordinates) against the light the table
+        background was learnt in (0.5: dimmed to half); 1 before it is learnt or without it."""
+        bg = self._bg if isinstance(self._bg, TableBackground) else None
+        if bg is None or bg.gain is None:
+            return 1.0
+        x0, y0 = self.cfg.roi[:2] if self.cfg.roi is not None else (0, 0)
+        x, y, w, h = box
+        s = bg.scale
+        part = bg.gain[max(0, int((y - y0) * s)) : max(0, int((y - y0 + h) * s)) + 1, max(0, int((x - x0) * s)) : max(0, int((x - x0 + w) * s)) + 1]
+        return float(np.median(part)) if part.size else 1.0
 
     def _mog2(self, sub: np.ndarray) -> np.ndarray:
         """Today's foreground before the table background: MOG2, no shadow or motion handling."""

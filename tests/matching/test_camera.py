@@ -239,3 +239,51 @@ def test_touching_items_names_stack_so_none_hides_another():
     assert caption_row([first], 200, 150, 90, 20) == 150  # clear of it: its own row
     top = (100, 18 - 17, 90, 20)  # a box at the frame's top: no room above, so a row below
     assert caption_row([top], 150, 18, 90, 20) == 38
+
+
+def test_the_colour_cue_names_apart_items_the_embedding_cannot_tell(tmp_path):
+    """A green and an orange bottle of one brand (COIL obj5, obj24) look alike to lite0; their colours differ.
+    Here the embedder is made colour-blind (its first layer sees R + G + B only), so a red and a green
+    item of one shape score exactly alike: only the colour cue can name them."""
+    import torch
+
+    from recognizer.matching.camera import CameraMatcher
+    from recognizer.models.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model({"backbone": "lite0", "input_size": 64}, pretrained=False).eval()
+    stem = model.backbone.body.conv_stem
+    with torch.no_grad():
+        stem.weight.copy_(stem.weight.mean(dim=1, keepdim=True).expand_as(stem.weight))
+
+    def photo(colour, x0):  # a 60 x 120 object on white; red and green have the same R + G + B
+        im = np.full((100, 200, 3), 255, np.uint8)
+        im[20:80, x0 : x0 + 120] = colour
+        return im
+
+    red, green = (200, 30, 30), (30, 200, 30)
+    paths = [str(tmp_path / "red.png"), str(tmp_path / "green.png")]
+    for p, c in zip(paths, (red, green), strict=True):
+        cv2.imwrite(p, cv2.cvtColor(photo(c, 40), cv2.COLOR_RGB2BGR))
+    g = Gallery.create(tmp_path / "g", model.describe(), model_spec="colour-blind")
+    g.add(["red", "green"], embed_arrays(model, [photo(red, 40), photo(green, 40)]), paths=paths)
+
+    def seen(colour, weight):  # put down on an empty table, the camera watching
+        cam = CameraMatcher(g, model, ["red", "green"], CameraConfig(colour=weight, min_score=0.0, threshold=0.0,
+                                                                     verify="none", crop_budget=2))  # fmt: skip
+        rng = np.random.default_rng(0)
+        table = np.clip(rng.normal(120, 3, (200, 320, 3)), 0, 255).astype(np.uint8)
+        for i in range(14):
+            frame = table.copy()
+            if i >= 10:
+                frame[60:120, 100:220] = colour
+            cam.process(i, i / 10, cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        (tr,) = [t for t in cam.tracker.tracks if not t.missed]
+        cam.close()
+        return tr.label, tr.scores
+
+    _, s = seen(green, 0.0)
+    assert abs(s[0] - s[1]) < 1e-3  # off: a tie, whichever name comes first
+    for colour, name in ((green, "green"), (red, "red")):
+        label, s = seen(colour, CameraConfig().colour)
+        assert label == name and abs(s[0] - s[1]) > 0.1, (name, s)

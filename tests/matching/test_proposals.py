@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-import pytest
 
 from recognizer.data.backgrounds import load_backgrounds
 from recognizer.matching.proposals import (
@@ -107,31 +106,6 @@ def test_a_lone_item_is_not_cut_by_a_half_that_resembles_a_distractor():
     assert select_boxes(Blob(wins[0], wins), s, accept=0.5, aspects=np.array([0.7, 0.7, 0.7]))[0] == [1, 2, 3]
     # an item of unknown width (shelf photos only) is separated as before
     assert select_boxes(Blob(wins[0], wins), s, accept=0.5, aspects=np.full(3, np.nan))[0] == [1, 2, 3]
-
-
-def test_item_aspects_come_from_plain_background_photos(tmp_path):
-    from PIL import Image
-
-    from recognizer.gallery import Gallery
-    from recognizer.matching.proposals import item_aspects, object_aspect
-
-    wide = np.full((100, 200, 3), 255, np.uint8)
-    wide[40:60, 20:180] = (200, 30, 30)  # a 160 x 20 object on white
-    shelf = np.random.default_rng(0).integers(0, 255, (100, 100, 3), dtype=np.uint8)  # no plain background
-    assert object_aspect(wide) == pytest.approx(8.0, rel=0.1) and object_aspect(shelf) is None
-    # a bottle fills a turntable photo from top to bottom: 81% of the border is dark (COIL obj13 seen
-    # from the front: 84%), and its width still counts (obj13 was read as its 0.31 side view only)
-    bottle = np.full((128, 128, 3), 12, np.uint8)
-    bottle[:, 40:88] = (230, 230, 240)
-    assert object_aspect(bottle) == pytest.approx(48 / 128, rel=0.05)
-    paths = []
-    for name, im in (("wide", wide), ("shelf", shelf)):
-        paths.append(str(tmp_path / f"{name}.png"))
-        Image.fromarray(im).save(paths[-1])
-    g = Gallery.create(tmp_path / "g", {"fingerprint": "f", "embedding_dim": 4, "preprocess": {"input_size": 64}})
-    g.add(["a", "b"], np.eye(2, 4, dtype=np.float32), paths=paths)
-    a = item_aspects(g, ["a", "b"])  # narrowest and widest per item: one photo, both 8
-    assert a[0] == pytest.approx([8.0, 8.0], rel=0.1) and np.isnan(a[1]).all()
 
 
 def test_a_part_that_matches_no_candidate_is_left_over_as_unknown():

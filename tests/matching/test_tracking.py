@@ -229,7 +229,7 @@ def test_bad_hold_and_window_settings_are_refused_by_name():
                       ({"name_gate": -0.1}, "name_gate"), ({"edge_leave": -1}, "edge_leave"),
                       ({"stale_change": 0.0}, "stale_change"), ({"refit_width": 0.0}, "refit_width"),
                       ({"name_weight": -1.0}, "name_weight"), ({"register_px": 0}, "register_px"),
-                      ({"seam_cover": 1.5}, "seam_cover")):
+                      ({"seam_cover": 1.5}, "seam_cover"), ({"colour": -0.1}, "colour")):
         with pytest.raises(ValueError, match=field):
             CameraConfig(**kw)
     assert CameraConfig(hold_frames=0, window_tall=None, part_margin=None).hold_frames == 0
