@@ -7,7 +7,9 @@ blob of touching items is separated by candidate-guided windows or by splitting 
 :mod:`.proposals`; a window's scores are kept a few frames, :mod:`.window_pool`, so a frame
 embeds last frame's items and only as many more windows as fit in ``frame_ms``) -> the
 frame's crops embedded as one batch -> scores against the candidate items only (never a scan
-of the gallery) -> windows picked by score (NMS; what matches no candidate stays ``unknown``)
+of the gallery), each crop's best items re-scored by their colours (the object's pixels, relit to
+the light the table was learnt in, against the items' plain-background photos, :mod:`.item_looks`)
+-> windows picked by score (NMS; what matches no candidate stays ``unknown``)
 -> tracks (:mod:`.tracking`: IoU association, EMA, one-to-one Hungarian assignment,
 hysteresis, coasting through short occlusions, geometric verification once per track and
 again when its box jumps) -> JSONL events (appear, change, leave), an optional per-frame

@@ -6,6 +6,12 @@ histogram per enrolled photo (stored at enrolment like keypoints, as the ``hsv``
 method), compared with the query's by the Hellinger affinity (the Bhattacharyya coefficient,
 1 for identical histograms). The fused score is ``embedding + weight * affinity`` for the
 best items; calibration picks the weight (0 switches it off).
+
+The camera uses the cue its own way (:func:`colour_penalty`, ``CameraConfig.colour``): it knows
+the object's pixels (the table background's mask) and the items' (their plain-background
+photos), so histograms of the objects alone are compared, and each crop's best items fall by how
+much worse their colours match than the best-matching one's: a crop that matches no item (a
+hand) stays below the threshold.
 """
 
 from __future__ import annotations
