@@ -72,6 +72,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{CameraConfig.frame_ms:g}; 0: no budget, every stale window re-scored at once: more accurate when items come, "
         "go or are covered, 2-3x slower frames then)",
     )  # fmt: skip
+    ap.add_argument(
+        "--item-colours", type=float, default=CameraConfig.colour, metavar="W",
+        help=f"re-score each crop's best items by their colours on the table (the object's pixels, relit to the light "
+        f"the table was learnt in) against the items' plain-background photos: each falls W x how much worse its "
+        f"colours match than the best match's (default {CameraConfig.colour:g}; 0: off; table background only). "
+        "--colour is the photo tools' cue, added to the scores",
+    )  # fmt: skip
     ap.add_argument("--headless", action="store_true", help="no window, even where a display exists")
     ap.add_argument("--out", help="write the annotated video here (mp4)")
     ap.add_argument("--jsonl", help="write appear/change/leave events here")
@@ -111,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             background=args.background,
             verify=args.verify,
             frame_ms=args.frame_ms or None,
+            colour=args.item_colours,
             query=query,
             rerank=rerank,
         )

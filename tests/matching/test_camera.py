@@ -116,7 +116,7 @@ def test_camera_tool_headless_on_a_video(scene, tmp_path):
     r = subprocess.run(
         [sys.executable, "tools/camera.py", "--gallery", str(g.root), "--source", str(d / "v.mp4"), "--candidates-file",
          str(tmp_path / "table.txt"), "--headless", "--out", str(out), "--jsonl", str(ev), "--fast",
-         "--frames-jsonl", str(fj)],
+         "--frames-jsonl", str(fj), "--item-colours", "0.5"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
@@ -135,6 +135,11 @@ def test_camera_tool_headless_on_a_video(scene, tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert r.returncode == 2 and "ghost" in r.stderr
+    r = subprocess.run(
+        [sys.executable, "tools/camera.py", "--gallery", str(g.root), "--source", str(d / "v.mp4"), "--item-colours", "-1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 2 and "colour must be >= 0" in r.stderr
 
 
 def test_unknown_candidate_ids_are_refused(scene):
