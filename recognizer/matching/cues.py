@@ -50,19 +50,8 @@ def colour_affinity(query_hist: np.ndarray, item_hists: Sequence[np.ndarray]) ->
     """Best Hellinger affinity of the query's histogram with any of an item's (0 when it has none)."""
     if not len(item_hists):
         return 0.0
-    g = np.sqrt(np.stack([np.asarray(h, np.float32).ravel() for h in item_hists]))
-    return float((g @ np.sqrt(query_hist)).max())
-
-
-def add_colour(
-    scores: np.ndarray, items: Sequence[str], query_hist: np.ndarray, hists: dict[str, list], weight: float, top_k: int
-) -> np.ndarray:
-    """``scores`` with ``weight * affinity`` added to the ``top_k`` best items (``hists``: item -> histograms)."""
-    out = np.asarray(scores, np.float32).copy()
-    for j in np.argsort(-out)[:top_k]:
-        if np.isfinite(out[j]):
-            out[j] += weight * colour_affinity(query_hist, hists.get(items[j], []))
-    return out
+    g = np.stack([np.asarray(h, np.float32).ravel() for h in item_hists])
+    return float(colour_affinities(np.asarray(query_hist, np.float32).reshape(1, -1), [g])[0, 0])
 
 
 def colour_affinities(queries: np.ndarray, items: Sequence[np.ndarray]) -> np.ndarray:
@@ -73,6 +62,17 @@ def colour_affinities(queries: np.ndarray, items: Sequence[np.ndarray]) -> np.nd
     for j, h in enumerate(items):
         if len(h):
             out[:, j] = (q @ np.sqrt(np.asarray(h, np.float32)).T).max(axis=1)
+    return out
+
+
+def add_colour(
+    scores: np.ndarray, items: Sequence[str], query_hist: np.ndarray, hists: dict[str, list], weight: float, top_k: int
+) -> np.ndarray:
+    """``scores`` with ``weight * affinity`` added to the ``top_k`` best items (``hists``: item -> histograms)."""
+    out = np.asarray(scores, np.float32).copy()
+    for j in np.argsort(-out)[:top_k]:
+        if np.isfinite(out[j]):
+            out[j] += weight * colour_affinity(query_hist, hists.get(items[j], []))
     return out
 
 
